@@ -1,0 +1,58 @@
+"""tfpartials: every partial derivative of a trained TensorFlow/Keras network.
+
+Parameters: gradients, Hessian-vector products, dense Hessians, GGN/Fisher, curvature spectra.
+Inputs: Jacobians, Hessians, mixed partials, Laplacians, attributions. Verification: finite differences.
+
+Names are imported on first use (PEP 562), so the command line answers ``--help`` without loading
+TensorFlow; ``import tfpartials`` still fails at once with a clear message when TensorFlow is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+if importlib.util.find_spec("tensorflow") is None:
+    raise ImportError(
+        "tfpartials needs TensorFlow, which is not installed. Install it with the extra for your machine: "
+        "pip install 'tfpartials[cpu]' (CPU) or pip install 'tfpartials[gpu]' (CUDA)."
+    )
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it, grouped by concept
+_EXPORTS: dict[str, str] = {
+    # errors and settings
+    "InputError": "._checks",
+    "ResourceError": "._checks",
+    "set_quiet": "._progress",
+    # loading
+    "load_model": ".io.models",
+    "load_data": ".io.data",
+    "Data": ".io.data",
+    "Loss": ".io.losses",
+    "resolve_loss": ".io.losses",
+    "float64_copy": ".io.precision",
+    # parameters and the objective
+    "ParameterSpace": ".params",
+    "Objective": ".autodiff.objective",
+    # first order w.r.t. parameters
+    "gradients": ".autodiff.gradient",
+    "value_and_gradients": ".autodiff.gradient",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tfpartials' has no attribute {name!r}")
+    importlib.import_module("._backend", __name__)
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

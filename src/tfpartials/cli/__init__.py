@@ -1,0 +1,1 @@
+"""Command line: ``tfpartials COMMAND MODEL --data D ...``. Holds no maths."""

@@ -1,0 +1,116 @@
+"""Flags and helpers shared by commands: model/data loading, output checks, tables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+__all__ = ["add_model_args", "add_data_args", "add_output_args", "load_model_and_data", "console",
+           "quiet_tensorflow_import", "print_table"]
+
+
+def quiet_tensorflow_import() -> None:
+    """Import TensorFlow with its C++ start-up notices (oneDNN, CPU features) kept off the user's stderr."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        saved = os.dup(2)
+    except OSError:  # pragma: no cover - no stderr fd
+        import tensorflow  # noqa: F401
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.constant(0.0) + 1.0  # device initialisation prints its notices here
+        import keras  # noqa: F401
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def add_model_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    if model:
+        p.add_argument("model", metavar="MODEL", help="model file: .keras, .h5 or a SavedModel directory")
+    p.add_argument("--trust", action="store_true",
+                   help="allow formats that can run code (SavedModel, Python lambdas); only for files you made")
+    p.add_argument("--precision", choices=["float32", "float64"], default=None,
+                   help="compute on a float64 copy of the model (default: the model's dtype)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_data_args(p: argparse.ArgumentParser, *, targets: bool = True) -> None:
+    p.add_argument("--data", required=True, metavar="D",
+                   help=".npz (x, y or one key per model input/output), .npy (inputs) or .csv (--target COL)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per batch (default 128)")
+    p.add_argument("--target", action="append", default=None, metavar="COL", help="CSV target column (repeatable)")
+    p.add_argument("--allow-nan", action="store_true", help="accept NaN/Inf in the data")
+    if targets:
+        p.add_argument("--loss", default=None, help="Keras loss name (default: the loss stored with the model)")
+        p.add_argument("--from-logits", action="store_true", default=None,
+                       help="the model outputs logits (cross-entropy losses)")
+        p.add_argument("--wrt", action="append", default=None, metavar="GLOB",
+                       help="differentiate with respect to these variables only (name, glob or layer; repeatable)")
+
+
+def add_output_args(p: argparse.ArgumentParser, default: str | None = None, help: str = "output file") -> None:
+    p.add_argument("--out", default=default, help=help)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def check_batch_size(args) -> None:
+    from .._checks import InputError
+
+    bs = getattr(args, "batch_size", None)
+    if bs is not None and bs < 1:
+        raise InputError(f"--batch-size: expected a positive integer, got {bs}")
+
+
+def load_model_and_data(args, *, targets: bool = True) -> tuple[Any, Any]:
+    """Load MODEL (safely) and --data, validated against each other."""
+    from .. import load_model
+    from ..io.data import load_data
+
+    check_batch_size(args)
+    model = load_model(args.model, trust=args.trust)
+    loss_name = None
+    if targets:
+        from ..io.losses import resolve_loss
+
+        loss = resolve_loss(args.loss, getattr(args, "from_logits", None), model)
+        loss_name = loss.name
+        args._loss = loss
+    data = load_data(args.data, batch_size=args.batch_size, target=args.target, model=model,
+                     loss_name=loss_name, allow_nan=args.allow_nan, require_targets=targets)
+    return model, data
+
+
+def console(args=None):
+    from rich.console import Console
+
+    return Console(stderr=False, quiet=bool(getattr(args, "quiet", False)))
+
+
+def print_table(args, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c == columns[0] else "right")
+    for r in rows:
+        table.add_row(*[_fmt(v) for v in r])
+    console(args).print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

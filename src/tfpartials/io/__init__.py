@@ -1,0 +1,1 @@
+"""Loading models, data and losses safely."""

@@ -1,0 +1,1 @@
+"""Results, provenance, atomic writers, plots and the HTML report."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: small deterministic models of every kind the library must handle."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TFPARTIALS_PROGRESS", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import tfpartials  # noqa: E402,F401
+from tests import models as M  # noqa: E402
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def linreg():
+    """(model, x, y) for y = xW + b with MSE: closed forms available."""
+    return M.linear_regression()
+
+
+@pytest.fixture
+def mlp():
+    return M.mlp()
+
+
+@pytest.fixture
+def cnn():
+    return M.small_cnn()
+
+
+@pytest.fixture
+def bn_model():
+    return M.batchnorm_dropout_model()
