@@ -7,6 +7,15 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFPARTIALS_PROGRESS", "0")
 
+import tensorflow as tf  # noqa: E402
+
+# Three logical CPU devices for the tf.distribute tests; must happen before TensorFlow runs any op.
+try:
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 3)
+except RuntimeError:  # pragma: no cover - devices already initialised
+    pass
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

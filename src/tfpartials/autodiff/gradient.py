@@ -36,7 +36,7 @@ def value_and_gradient(obj: Objective, data, *, quiet: bool = False, description
 def gradients(model, data, loss: Any = None, wrt=None, *, batch_size: int | None = None,
               precision: str | None = None, training: bool = False, include_regularization: bool = True,
               reduction: str = "mean", unconnected: str = "error", from_logits: bool | None = None,
-              allow_nan: bool = False, quiet: bool = False) -> dict[str, np.ndarray]:
+              allow_nan: bool = False, quiet: bool = False, strategy=None) -> dict[str, np.ndarray]:
     """Gradient of the dataset loss with respect to the chosen variables.
 
     The objective is ``(1/N) sum_i loss(y_i, model(x_i)) + R`` with N counted exactly (a partial last batch
@@ -51,6 +51,7 @@ def gradients(model, data, loss: Any = None, wrt=None, *, batch_size: int | None
         batch_size: examples per batch (memory only; the result does not depend on it).
         precision: ``"float64"`` computes on a float64 copy of the model.
         unconnected: ``"error"`` (default) or ``"zero"`` for variables the loss does not depend on.
+        strategy: a ``tf.distribute.Strategy`` to spread the pass over devices or workers (same numbers).
 
     Returns:
         ``{name: array}`` keyed by ``<layer>/<variable>``, in model order.
@@ -65,7 +66,8 @@ def gradients(model, data, loss: Any = None, wrt=None, *, batch_size: int | None
     """
     obj, d = prepare(model, data, loss, wrt, batch_size=batch_size, precision=precision, training=training,
                      include_regularization=include_regularization, reduction=reduction,
-                     unconnected=unconnected, from_logits=from_logits, allow_nan=allow_nan)
+                     unconnected=unconnected, from_logits=from_logits, allow_nan=allow_nan,
+                     strategy=strategy)
     _, flat = value_and_gradient(obj, d, quiet=quiet)
     return obj.space.to_dict(flat.numpy())
 

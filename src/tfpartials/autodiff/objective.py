@@ -39,11 +39,13 @@ class Objective:
         reduction: ``"mean"`` (1/N sum) or ``"sum"``.
         unconnected: ``"error"`` (default) raises when a chosen variable does not affect the loss;
             ``"zero"`` treats its derivative as zero.
+        strategy: an optional ``tf.distribute.Strategy``; every dataset pass over this objective is spread
+            over its replicas and SUM-reduced with exact 1/N weights (see :mod:`tfpartials.autodiff.risk`).
     """
 
     def __init__(self, model, loss: Any = None, wrt=None, *, training: bool = False,
                  include_regularization: bool = True, reduction: Reduction = "mean",
-                 unconnected: Unconnected = "error", from_logits: bool | None = None):
+                 unconnected: Unconnected = "error", from_logits: bool | None = None, strategy=None):
         if not isinstance(model, keras.Model):
             raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
         check_choice("reduction", reduction, ("mean", "sum"))
@@ -60,6 +62,7 @@ class Objective:
         self.reduction = reduction
         self.unconnected = unconnected
         self.dtype = self.space.dtype
+        self.strategy = strategy  # a tf.distribute.Strategy: dataset passes are spread over its replicas
         self._functions: dict[str, Any] = {}
         self._pending_error: Exception | None = None
         self.trace_counts: dict[str, int] = {}

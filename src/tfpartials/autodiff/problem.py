@@ -14,14 +14,17 @@ __all__ = ["prepare"]
 def prepare(model, data, loss: Any = None, wrt=None, *, batch_size: int | None = None,
             precision: str | None = None, training: bool = False, include_regularization: bool = True,
             reduction: str = "mean", unconnected: str = "error", from_logits: bool | None = None,
-            allow_nan: bool = False, target=None) -> tuple[Objective, Data]:
+            allow_nan: bool = False, target=None, strategy=None) -> tuple[Objective, Data]:
     """Validate everything, build the objective (a float64 copy of the model if asked) and load the data."""
     if isinstance(model, Objective):
         obj = model
+        if strategy is not None:
+            obj.strategy = strategy
     else:
         model = with_precision(model, precision)
         obj = Objective(model, loss, wrt, training=training, include_regularization=include_regularization,
-                        reduction=reduction, unconnected=unconnected, from_logits=from_logits)
+                        reduction=reduction, unconnected=unconnected, from_logits=from_logits,
+                        strategy=strategy)
     d = load_data(data, batch_size=batch_size, target=target, model=obj.model, loss_name=obj.loss.name,
                   allow_nan=allow_nan, require_targets=True)
     if obj.dtype.name == "float64":
