@@ -41,11 +41,14 @@ class Objective:
             ``"zero"`` treats its derivative as zero.
         strategy: an optional ``tf.distribute.Strategy``; every dataset pass over this objective is spread
             over its replicas and SUM-reduced with exact 1/N weights (see :mod:`tfpartials.autodiff.risk`).
+        jit_compile: compile every per-batch function with XLA (opt-in; faster for some models, slower to
+            trace; see BENCHMARKS.md).
     """
 
     def __init__(self, model, loss: Any = None, wrt=None, *, training: bool = False,
                  include_regularization: bool = True, reduction: Reduction = "mean",
-                 unconnected: Unconnected = "error", from_logits: bool | None = None, strategy=None):
+                 unconnected: Unconnected = "error", from_logits: bool | None = None, strategy=None,
+                 jit_compile: bool = False):
         if not isinstance(model, keras.Model):
             raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
         check_choice("reduction", reduction, ("mean", "sum"))
@@ -63,6 +66,7 @@ class Objective:
         self.unconnected = unconnected
         self.dtype = self.space.dtype
         self.strategy = strategy  # a tf.distribute.Strategy: dataset passes are spread over its replicas
+        self.jit_compile = bool(jit_compile)
         self._functions: dict[str, Any] = {}
         self._pending_error: Exception | None = None
         self.trace_counts: dict[str, int] = {}
@@ -157,7 +161,8 @@ class Objective:
         """Cached ``tf.function`` for ``key``; ``builder()`` returns the Python function to compile."""
         fn = self._functions.get(key)
         if fn is None:
-            compiled = tf.function(self._counted(key, builder()), reduce_retracing=True)
+            compiled = tf.function(self._counted(key, builder()), reduce_retracing=True,
+                                   jit_compile=self.jit_compile or None)
 
             def fn(*args, _compiled=compiled):
                 self._pending_error = None

@@ -8,7 +8,9 @@ SUM-reduced — so the result equals the single-device one whatever the number o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from .._backend import tf
 from .._progress import progress
 from ..io.data import Batch, Data
 
-__all__ = ["accumulate", "as_tensors"]
+__all__ = ["accumulate", "as_tensors", "prefetch"]
 
 
 def as_tensors(x, dtype=None):
@@ -34,6 +36,41 @@ def as_tensors(x, dtype=None):
     if isinstance(x, dict):
         return {k: conv(v) for k, v in x.items()}
     return conv(x)
+
+
+def prefetch(batches: Iterable[Batch], depth: int = 2) -> Iterator[Batch]:
+    """Prepare the next ``depth`` batches on a background thread while the current one computes."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for b in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # hand errors to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def _add(total, out):
@@ -53,7 +90,7 @@ def accumulate(objective, data: Data, step: Callable, params: Sequence, *extra: 
     total = None
     dtype = objective.dtype
     with progress(description, data.num_batches, quiet=quiet) as bar:
-        for batch in data.batches():
+        for batch in prefetch(data.batches()):
             scale, regw = objective.weights(data.num_examples, batch.count)
             out = step(list(params), as_tensors(batch.x, dtype), as_tensors(batch.y, dtype),
                        tf.constant(batch.mask, dtype), scale, regw, *extra)
