@@ -39,6 +39,20 @@ _EXPORTS: dict[str, str] = {
     # first order w.r.t. parameters
     "gradients": ".autodiff.gradient",
     "value_and_gradients": ".autodiff.gradient",
+    # attribution
+    "AttributionMethod": ".attribution",
+    "Saliency": ".attribution",
+    "GradientXInput": ".attribution",
+    "IntegratedGradients": ".attribution",
+    "SmoothGrad": ".attribution",
+    "attribute": ".attribution",
+    "make_method": ".attribution",
+    "plot_attributions": ".reports.plots",
+    "plot_image_attributions": ".reports.plots",
+    "plot_feature_attributions": ".reports.plots",
+    # bundled examples (no download)
+    "digits_cnn": ".examples",
+    "diabetes_mlp": ".examples",
 }
 
 __all__ = sorted(_EXPORTS)
