@@ -89,11 +89,13 @@ def nested_tape_hessian(model, x, y, loss_fn, dtype=tf.float64):
         with tf.GradientTape() as inner:
             loss = loss_fn(y, clone(xs, training=False))
         grads = inner.gradient(loss, tv)
-        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+        flat = tf.concat([tf.reshape(tf.convert_to_tensor(g), [-1]) for g in grads], 0)
+        entries = tf.unstack(flat)  # sliced inside the outer tape, or the outer tape sees no dependence
     rows = []
-    for i in range(int(flat.shape[0])):
-        gi = outer.gradient(flat[i], tv, unconnected_gradients="zero")
-        rows.append(tf.concat([tf.reshape(g, [-1]) for g in gi], 0))
+    for entry in entries:
+        gi = outer.gradient(entry, tv)  # unconnected_gradients="zero" fails on Keras 3 variables
+        rows.append(tf.concat([tf.reshape(tf.zeros(v.shape, dtype) if g is None else tf.convert_to_tensor(g), [-1])
+                               for g, v in zip(gi, tv)], 0))
     return tf.stack(rows).numpy()
 
 
@@ -105,3 +107,63 @@ def keras_mean_loss(name: str, from_logits: bool = False):
         return lambda yt, yp: tf.reduce_mean(
             keras.losses.sparse_categorical_crossentropy(yt, yp, from_logits=from_logits))
     raise ValueError(name)
+
+
+def per_example_gradients_loop(model, x, y, loss_fn):
+    """Flat float64 per-example gradients (N, n) of ``loss_fn(y_i, f(x_i)) + sum(model.losses)``.
+
+    One GradientTape per example on a float64 clone (no vectorisation), variables in
+    ``model.trainable_variables`` order.
+    """
+    clone = float64_clone(model)
+    tv = clone.trainable_variables
+    floating = np.issubdtype(np.asarray(x).dtype, np.floating)
+    rows = []
+    for i in range(len(x)):
+        xi = tf.constant(np.asarray(x[i:i + 1], np.float64)) if floating else tf.constant(x[i:i + 1])
+        with tf.GradientTape() as tape:
+            pred = clone(xi, training=False)
+            loss = loss_fn(y[i:i + 1], pred)
+            for extra in clone.losses:
+                loss = loss + tf.cast(extra, tf.float64)
+        grads = tape.gradient(loss, tv, unconnected_gradients="zero")
+        rows.append(np.concatenate([tf.convert_to_tensor(g).numpy().ravel() for g in grads]))
+    return np.stack(rows)
+
+
+def jacobi_singular_values(a):
+    """Singular values of ``a`` (ascending) by one-sided Jacobi (Hestenes) rotations in float64.
+
+    Unlike forming ``a.T @ a`` (or LAPACK's bidiagonal route), one-sided Jacobi keeps high *relative* accuracy
+    for matrices whose columns are badly scaled but otherwise well conditioned (Demmel & Veselic, "Jacobi's
+    method is more accurate than QR", SIAM J. Matrix Anal. Appl. 13, 1992).
+    """
+    u = np.array(a, dtype=np.float64, copy=True)
+    n = u.shape[1]
+    for _ in range(100):
+        off = 0.0
+        for p in range(n - 1):
+            for q in range(p + 1, n):
+                alpha, beta, gamma = u[:, p] @ u[:, p], u[:, q] @ u[:, q], u[:, p] @ u[:, q]
+                if gamma == 0 or abs(gamma) <= 1e-17 * np.sqrt(alpha * beta):
+                    continue
+                off = max(off, abs(gamma) / np.sqrt(alpha * beta))
+                zeta = (beta - alpha) / (2 * gamma)
+                t = (1.0 if zeta >= 0 else -1.0) / (abs(zeta) + np.sqrt(1 + zeta * zeta))
+                c = 1 / np.sqrt(1 + t * t)
+                s = c * t
+                up = u[:, p].copy()
+                u[:, p] = c * up - s * u[:, q]
+                u[:, q] = s * up + c * u[:, q]
+        if off <= 1e-16:
+            break
+    return np.sort(np.linalg.norm(u, axis=0))
+
+
+def spd_eigenvalues(h):
+    """Eigenvalues (ascending) of a symmetric positive definite matrix with high relative accuracy:
+    Cholesky ``h = L L^T`` then one-sided Jacobi on ``L^T`` (eigenvalues are its squared singular values).
+    Raises ``numpy.linalg.LinAlgError`` if ``h`` is not positive definite.
+    """
+    lower = np.linalg.cholesky(np.asarray(h, np.float64))
+    return jacobi_singular_values(lower.T) ** 2

@@ -21,9 +21,14 @@ import keras  # noqa: E402
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
+    """``"3.16.0rc1"`` -> ``(3, 16, 0)``: the leading digits of the first three parts."""
     parts = []
     for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
 

@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_model_args", "add_data_args", "add_output_args", "load_model_and_data", "console",
-           "quiet_tensorflow_import", "print_table"]
+__all__ = ["add_model_args", "add_data_args", "add_output_args", "add_guard_args", "load_model_and_data",
+           "console", "quiet_tensorflow_import", "print_table"]
 
 
 def quiet_tensorflow_import() -> None:
@@ -45,6 +45,18 @@ def add_model_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
                    help="compute on a float64 copy of the model (default: the model's dtype)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_guard_args(p)
+
+
+def add_guard_args(p: argparse.ArgumentParser) -> None:
+    """``--sandbox``, ``--sandbox-memory`` and ``--timeout`` (enforced by main, not by the command)."""
+    p.add_argument("--sandbox", action="store_true",
+                   help="load and differentiate in a confined child process (no network, no writes outside a "
+                        "private directory, a memory limit): the way to look at a model you do not trust")
+    p.add_argument("--sandbox-memory", default=None, metavar="SIZE",
+                   help="address-space limit of the sandboxed child (default 8GiB)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop after this many seconds (exit 2, nothing written)")
 
 
 def add_data_args(p: argparse.ArgumentParser, *, targets: bool = True) -> None:

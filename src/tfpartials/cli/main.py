@@ -1,6 +1,9 @@
 """Entry point: argument parsing, exit codes (0 ok, 1 a check failed, 2 bad input) and quiet TF start-up.
 
-TensorFlow is imported lazily, so ``tfpartials --help`` answers at once.
+TensorFlow is imported lazily, so ``tfpartials --help`` answers at once. Resource guards live here too:
+``--timeout`` (SIGALRM -> "timed out after N s; nothing written", exit 2), Ctrl-C (exit 130, nothing written:
+outputs are renamed into place only when complete) and ``--sandbox`` (the command re-run in a confined child,
+see :mod:`tfpartials.sandbox`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ import argparse
 import importlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
+import time
+from contextlib import contextmanager
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -49,8 +56,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CommandTimeout(BaseException):
+    """Raised by the ``--timeout`` alarm; a BaseException so that no ``except Exception`` swallows it."""
+
+
+# seconds to wait, after the alarm, for a long C call to return before exiting hard
+TIMEOUT_GRACE = 30.0
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`CommandTimeout` after ``seconds`` (SIGALRM); restores any timer that was running before."""
+    if seconds is None:
+        yield
+        return
+    from .._checks import InputError, check_positive_float
+
+    seconds = check_positive_float("--timeout", seconds)
+    if threading.current_thread() is not threading.main_thread():
+        raise InputError("--timeout works only in the main thread")
+
+    def on_alarm(signum, frame):
+        raise CommandTimeout(seconds)
+
+    def hard_exit():  # the alarm could not interrupt a long native call
+        sys.stderr.write(f"tfpartials: error: timed out after {seconds:g} s; stopped hard\n")
+        sys.stderr.flush()
+        os._exit(EXIT_USAGE)
+
+    start = time.monotonic()
+    old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    watchdog = threading.Timer(seconds + TIMEOUT_GRACE, hard_exit)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        watchdog.cancel()
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_delay > 0:  # e.g. a test runner's own timeout: give it back what is left
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -60,16 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     from .common import quiet_tensorflow_import
 
     try:
-        quiet_tensorflow_import()
-        if getattr(args, "quiet", False):
-            from .._progress import set_quiet
+        with time_limit(getattr(args, "timeout", None)):
+            if getattr(args, "sandbox", False):
+                from ..sandbox import run_cli_sandboxed
 
-            set_quiet(True)
-        code = args._run(args)
-        return int(code or 0)
+                return run_cli_sandboxed(argv, args)
+            quiet_tensorflow_import()
+            if getattr(args, "quiet", False):
+                from .._progress import set_quiet
+
+                set_quiet(True)
+            code = args._run(args)
+            return int(code or 0)
     except KeyboardInterrupt:
         sys.stderr.write("tfpartials: interrupted; no output written\n")
         return 130
+    except CommandTimeout as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"tfpartials: error: timed out after {exc.args[0]:g} s; nothing written\n")
+        return EXIT_USAGE
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line unless --debug
@@ -84,14 +146,47 @@ def _is_user_error(exc: BaseException) -> bool:
 
     if isinstance(exc, InputError | TypeError | ValueError | OSError | MemoryError):
         return True
+    if _blocked(exc):
+        return True
     name = type(exc).__name__
-    return name in {"InvalidArgumentError", "ResourceExhaustedError", "NotFoundError"}
+    return name in {"InvalidArgumentError", "ResourceExhaustedError", "NotFoundError", "PermissionDeniedError"}
+
+
+def _blocked(exc: BaseException) -> str | None:
+    """The sandbox's refusal behind ``exc`` (also when TensorFlow wrapped or a library swallowed it), or None."""
+    if not os.environ.get("TFPARTIALS_SANDBOXED"):
+        return None
+    from .._confine import BLOCKED, blocked_events
+
+    msg = _core_message(exc)
+    if BLOCKED in msg:
+        return msg[msg.index(BLOCKED):][:300]
+    if blocked_events:
+        return f"{blocked_events[0]} (then: {msg[:160]})"
+    if type(exc).__name__ == "PermissionDeniedError" or isinstance(exc, PermissionError):
+        return f"{BLOCKED}: the model tried an operation the sandbox forbids ({msg[:200]})"
+    return None
+
+
+def _core_message(exc: BaseException) -> str:
+    """One line: for TensorFlow op errors, the message without the Python stack TensorFlow embeds in it."""
+    raw = str(exc)
+    if "[[{{node" in raw or "Detected at node" in raw:
+        lines = raw.splitlines()
+        cut = next((i for i, line in enumerate(lines) if line.strip().startswith("[[")), len(lines))
+        body = [line.strip() for line in lines[:cut] if line.strip()]
+        if body:
+            raw = body[-1]
+    return " ".join(raw.split())
 
 
 def _describe(exc: BaseException) -> str:
     from .._checks import InputError
 
-    msg = " ".join(str(exc).split())
+    blocked = _blocked(exc)
+    if blocked:
+        return blocked
+    msg = _core_message(exc)
     if isinstance(exc, InputError):
         return msg
     if isinstance(exc, MemoryError):

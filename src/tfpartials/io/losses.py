@@ -87,6 +87,9 @@ def _build(kind: str, config: Mapping[str, Any]) -> Loss:
     obj = cls(reduction=None, **cfg)
 
     def fn(y_true, y_pred, _obj=obj):
+        y_pred = tf.convert_to_tensor(y_pred)
+        if y_pred.dtype == tf.float64:  # Loss.__call__ would cast both to its float32 dtype policy
+            return _obj.call(tf.cast(y_true, tf.float64), y_pred)
         return _obj(y_true, y_pred)
 
     return Loss(kind, fn, bool(cfg.get("from_logits", False)), cfg)

@@ -1,8 +1,15 @@
 """Safe model loading.
 
-A model file is a program. ``.keras`` archives are loaded with Keras ``safe_mode`` on and without compiling
-(the loss name is read from the archive's config as text); legacy ``.h5`` files likewise; TF SavedModel
-directories can run arbitrary graph ops and are refused unless ``trust=True``.
+A model file is a program. The policy, in order:
+
+- ``.keras`` archives: the zip is checked (traversal, symlinks, bombs, corrupt members), its ``config.json`` is
+  read as text and refused if it names Python bytecode, modules outside Keras or non-modelling Keras APIs
+  (:func:`tfpartials.io.safety.check_model_config`), then Keras loads it with ``safe_mode`` on and
+  ``compile=False``; the loss name is read from the config as text.
+- legacy ``.h5``: the same config check on the ``model_config`` attribute, plus HDF5 checks (external links,
+  virtual datasets, external storage); Keras >= 3.15.1 honours ``safe_mode`` for HDF5 too (tested).
+- TF SavedModel directories can run arbitrary graph operations and are refused unless ``trust=True``.
+- ``trust="sandbox"`` is for computations, not live models: see :func:`tfpartials.sandbox.sandboxed`.
 """
 
 from __future__ import annotations
@@ -38,18 +45,14 @@ def model_format(path: str | os.PathLike) -> str:
 
 
 def _read_keras_config(p: Path) -> dict:
-    from .safety import check_keras_archive
+    from .safety import check_keras_archive, read_json_member
 
     check_keras_archive(p)
-    with zipfile.ZipFile(p) as z:
-        try:
-            raw = z.read("config.json")
-        except KeyError:
-            raise InputError(f"{p}: not a Keras model archive (no config.json inside)") from None
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{p}: config.json inside the archive is not valid JSON ({exc})") from None
+    config = read_json_member(p, "config.json")
+    if not isinstance(config, dict):
+        raise InputError(f"{p}: not a Keras model archive (config.json holds {type(config).__name__}, "
+                         "expected an object)")
+    return config
 
 
 def _loss_from_compile_config(cc: Any):
@@ -65,16 +68,16 @@ def _loss_from_compile_config(cc: Any):
     return None
 
 
-def stored_loss(path: str | os.PathLike):
+def stored_loss(path: str | os.PathLike, *, trust: bool = False):
     """The loss a saved model was compiled with, read as text (nothing deserialised), or None."""
     p = Path(path)
     fmt = model_format(p)
     if fmt == "keras":
         return _loss_from_compile_config(_read_keras_config(p).get("compile_config"))
     if fmt == "h5":
-        from .safety import check_h5_file
+        from .safety import check_h5_file, parse_config_text
 
-        check_h5_file(p)
+        check_h5_file(p, trust=trust)
         import h5py
 
         try:
@@ -84,23 +87,24 @@ def stored_loss(path: str | os.PathLike):
             raise InputError(f"{p}: not a readable HDF5 file ({exc})") from None
         if raw is None:
             return None
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
+        if not isinstance(raw, bytes | str):
+            return None
         try:
-            tc = json.loads(raw)
-        except json.JSONDecodeError:
+            tc = parse_config_text(raw, f"{p}: training_config")
+        except InputError:
             return None
         return _loss_from_compile_config(tc)
     return None
 
 
-def load_model(path: str | os.PathLike, trust: bool = False) -> keras.Model:
+def load_model(path: str | os.PathLike, trust: bool | str = False) -> keras.Model:
     """Load a saved Keras model safely.
 
     Args:
         path: a ``.keras`` archive, a legacy ``.h5`` file, or a TF SavedModel directory.
         trust: allow formats that can execute code (TF SavedModel, Python lambdas in Lambda layers).
-            Never set it for files you did not make.
+            Never set it for files you did not make. ``"sandbox"`` is refused here with a pointer to
+            :func:`tfpartials.sandbox.sandboxed`, which loads and differentiates in a confined child process.
 
     Returns:
         The model, uncompiled; the compiled loss (if any) is remembered so that ``loss=None`` uses it.
@@ -111,6 +115,7 @@ def load_model(path: str | os.PathLike, trust: bool = False) -> keras.Model:
     Example:
         >>> model = tp.load_model("model.keras")   # doctest: +SKIP
     """
+    trust = _check_trust(trust)
     p = Path(path)
     fmt = model_format(p)
     loss = None
@@ -120,17 +125,30 @@ def load_model(path: str | os.PathLike, trust: bool = False) -> keras.Model:
                              "without trust (pass trust=True / --trust only for files you made yourself)")
         model = _load_savedmodel(p)
     elif fmt == "keras":
+        from .safety import check_model_config
+
         config = _read_keras_config(p)
+        check_model_config(config, str(p), trust=trust)
         loss = _loss_from_compile_config(config.get("compile_config"))
         model = _keras_load(p, trust)
     else:
-        loss = stored_loss(p)
+        loss = stored_loss(p, trust=trust)
         model = _keras_load(p, trust)
     if not isinstance(model, keras.Model):
         raise InputError(f"{p}: the file does not hold a Keras model (got {type(model).__name__})")
     model._tfpartials_loss = loss
     model._tfpartials_source = str(p)
     return model
+
+
+def _check_trust(trust: bool | str) -> bool:
+    if trust == "sandbox":
+        raise InputError("trust='sandbox' cannot return a live model (the model stays in the sandboxed child "
+                         "process); use tfpartials.sandbox.sandboxed(command, path, ...) to compute there and get "
+                         "arrays back")
+    if not isinstance(trust, bool):
+        raise TypeError(f"trust: expected True, False or 'sandbox', got {trust!r}")
+    return trust
 
 
 def _keras_load(p: Path, trust: bool):

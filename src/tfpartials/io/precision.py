@@ -1,7 +1,15 @@
-"""A float64 copy of a Keras model: rebuilt from its config with a float64 dtype policy, weights cast.
+"""A copy of a Keras model in another floating dtype (float64 for verification), the original untouched.
 
-The user's model is never touched. Layers that cannot be rebuilt from their config (custom classes that are
-not registered) raise a clear error.
+The copy is rebuilt from the model's config with every floating dtype policy replaced (integer input dtypes
+such as token ids are kept) while the global default dtype policy is set to the target dtype, so layers that
+subclassed models create in ``__init__`` follow it too. Every variable is then copied and cast: trainable
+weights, non-trainable state (BatchNorm moving statistics) and seed-generator states. Stable parameter names
+(:mod:`tfpartials.params`) are the same in the copy, so ``wrt=`` patterns and result keys carry over.
+
+Custom layer classes found in the model are offered to deserialisation, so an unregistered custom layer whose
+``get_config()`` describes it is rebuilt; one that cannot be rebuilt (non-serialisable ``__init__``
+arguments, a ``get_config()`` that forgets some, weights created with a hard-coded dtype) gives an
+:class:`~tfpartials.InputError` naming the layer and the fix.
 """
 
 from __future__ import annotations
@@ -13,75 +21,194 @@ import numpy as np
 from .._backend import keras, tf
 from .._checks import InputError, check_choice
 
-__all__ = ["Precision", "with_precision", "float64_copy"]
+__all__ = ["Precision", "with_precision", "float64_copy", "copy_with_dtype"]
 
 Precision = Literal["float32", "float64"]
+_POLICY_CLASSES = ("DTypePolicy", "Policy", "FloatDTypePolicy", "DTypePolicyMap")
+_FLOAT_PREFIXES = ("float", "mixed", "bfloat")
+
+
+def _is_float_dtype(value) -> bool:
+    if isinstance(value, str):
+        return value.startswith(_FLOAT_PREFIXES)
+    if isinstance(value, dict) and value.get("class_name") in _POLICY_CLASSES:
+        name = (value.get("config") or {}).get("name", "float32")
+        return not isinstance(name, str) or name.startswith(_FLOAT_PREFIXES)
+    return False
 
 
 def _set_dtype(obj, dtype: str):
+    """Replace every floating ``dtype`` entry of a (nested) config by ``dtype``; integer dtypes are kept."""
     if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if k == "dtype" and (isinstance(v, str) or isinstance(v, dict) and v.get("class_name") in (
-                    "DTypePolicy", "Policy", "FloatDTypePolicy")):
-                if isinstance(v, str) and not v.startswith(("float", "mixed", "bfloat")):
-                    out[k] = v  # keep integer input dtypes
-                else:
-                    out[k] = dtype
-            else:
-                out[k] = _set_dtype(v, dtype)
-        return out
-    if isinstance(obj, list):
-        return [_set_dtype(v, dtype) for v in obj]
+        return {k: (dtype if k == "dtype" and _is_float_dtype(v) else _set_dtype(v, dtype)) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_set_dtype(v, dtype) for v in obj)
     return obj
 
 
+def _custom_objects(model) -> dict:
+    """Classes of every layer in ``model`` that Keras would not find by name (custom, unregistered)."""
+    found: dict = {}
+    for layer in [model, *model._flatten_layers(include_self=False)]:
+        cls = type(layer)
+        if cls.__module__.startswith("keras."):
+            continue
+        found[cls.__name__] = cls
+        registered = keras.saving.get_registered_name(cls)
+        found[registered] = cls
+    return found
+
+
+def _sublayers(layer) -> list:
+    subs = getattr(layer, "_layers", None)
+    if subs is None:
+        subs = getattr(layer, "layers", [])
+    return [s for s in subs if isinstance(s, keras.layers.Layer)]
+
+
+def _align_names(src, dst) -> None:
+    """Give the copy's sub-layers the original names (subclassed models name theirs from a global counter)."""
+    for s, d in zip(_sublayers(src), _sublayers(dst)):
+        if type(s) is type(d) and s.name != d.name:
+            d.name = s.name
+        _align_names(s, d)
+
+
 def float64_copy(model) -> keras.Model:
-    """Return a float64 copy of ``model`` (same architecture and weights, every float variable in float64)."""
-    return _copy_with_dtype(model, "float64")
+    """A float64 copy of ``model``: same architecture, names and weights, every float variable in float64.
+
+    Central differences and ill-conditioned curvature need the ~1e-16 round-off of float64; the copy gives
+    every quantity of the library that precision (``precision="float64"``) without touching the user's model.
+    Cost: one model construction and one copy of the weights.
+
+    Raises:
+        InputError: the model (or a custom layer in it) cannot be rebuilt from its config.
+
+    Example:
+        >>> import keras, tfpartials as tp
+        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
+        >>> tp.float64_copy(m).get_layer("d").kernel.dtype
+        'float64'
+    """
+    return copy_with_dtype(model, "float64")
 
 
-def _copy_with_dtype(model, dtype: str):
+def copy_with_dtype(model, dtype: str):
+    """A copy of ``model`` whose floating variables and computations use ``dtype`` (see module docstring)."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
+    if not model.built or not model.weights:
+        raise InputError("expected a built Keras model with weights; call it on data or build() it first")
+    what = f"cannot rebuild the model in {dtype}"
     try:
         config = model.get_config()
-    except NotImplementedError:
-        raise InputError(f"cannot rebuild {type(model).__name__} in {dtype}: it has no get_config(); "
-                         "implement get_config() for subclassed models or use precision='float32'") from None
+    except NotImplementedError as exc:
+        culprit = _unserializable_layer(model)
+        raise InputError(f"{what}: {culprit or type(model).__name__} has no usable get_config() "
+                         f"({_first_line(exc)}); implement get_config() or use precision=None") from None
     config = _set_dtype(config, dtype)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
     try:
-        with keras.utils.custom_object_scope({}):
+        with keras.saving.custom_object_scope(_custom_objects(model)):
             copy = type(model).from_config(config)
-    except Exception as exc:  # custom layers without registration or config support
-        raise InputError(f"cannot rebuild the model in {dtype} from its config ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); register custom layers with "
-                         "keras.saving.register_keras_serializable or use precision='float32'") from None
-    src, dst = model.weights, copy.weights
-    if not copy.built or len(src) != len(dst):
-        try:
-            copy.build(model.input_shape)
-            dst = copy.weights
-        except Exception:
-            pass
-    if len(src) != len(dst):
-        raise InputError(f"cannot rebuild the model in {dtype}: the copy has {len(dst)} weights, the original "
-                         f"{len(src)}")
-    for s, d in zip(src, dst):
-        val = np.asarray(s.numpy())
-        if tuple(val.shape) != tuple(d.shape):
-            raise InputError(f"cannot rebuild the model in {dtype}: weight shapes differ ({s.path})")
-        d.assign(val.astype(d.dtype) if np.issubdtype(val.dtype, np.floating) else val)
+            if not copy.built or len(copy.weights) != len(model.weights):
+                _build_like(model, copy)
+    except InputError:
+        raise
+    except Exception as exc:  # custom layers whose config does not describe them
+        raise InputError(f"{what} from its config ({type(exc).__name__}: {_first_line(exc)}); give custom "
+                         "layers a get_config() that lists every __init__ argument, or use precision=None") from None
+    finally:
+        keras.config.set_dtype_policy(previous)
+    _align_names(model, copy)
+    _copy_variables(model, copy, dtype, what)
     for attr in ("_tfpartials_loss", "_tfpartials_source"):
         if hasattr(model, attr):
             setattr(copy, attr, getattr(model, attr))
+    if getattr(copy, "_tfpartials_loss", None) is None and getattr(model, "loss", None) is not None:
+        copy._tfpartials_loss = model.loss  # the compiled loss, so loss=None still finds it
     return copy
 
 
+def _build_like(model, copy) -> None:
+    build_config = model.get_build_config() if hasattr(model, "get_build_config") else None
+    if build_config:
+        copy.build_from_config(build_config)
+    else:
+        copy.build(model.input_shape)
+    if copy.weights and not copy.built:
+        copy.built = True  # a subclassed model built by running call() symbolically
+
+
+def _copy_variables(model, copy, dtype: str, what: str) -> None:
+    """Copy every variable (weights, then seed-generator states) into the copy, checking names and shapes."""
+    from ..params import variable_names
+
+    src, dst = list(model.variables), list(copy.variables)
+    if len(src) != len(dst):
+        raise InputError(f"{what}: the copy has {len(dst)} variables, the original {len(src)} (a custom layer "
+                         "creates its weights differently when rebuilt); use precision=None")
+    weights = {id(w) for w in model.weights}  # seed-generator states have counter-numbered paths: not compared
+    src_names, dst_names = variable_names(model), variable_names(copy)
+    renamed = False
+    for s, d in zip(src, dst):  # unnamed custom weights are numbered from a global counter: reuse the original's
+        same_layer = src_names[id(s)].rpartition("/")[0] == dst_names[id(d)].rpartition("/")[0]
+        if id(s) in weights and same_layer and s.name != d.name and hasattr(d, "_name"):
+            d._name = s.name
+            renamed = True
+    if renamed:
+        dst_names = variable_names(copy)
+    for s, d in zip(src, dst):
+        name = src_names[id(s)]
+        if tuple(s.shape) != tuple(d.shape) or (id(s) in weights and name != dst_names[id(d)]):
+            raise InputError(f"{what}: variable {name!r} {tuple(s.shape)} has no counterpart in the copy "
+                             f"({dst_names[id(d)]!r} {tuple(d.shape)}); use precision=None")
+        val = np.asarray(s.numpy())
+        floating = np.issubdtype(val.dtype, np.floating)
+        if floating and tf.as_dtype(d.dtype).name != dtype:
+            raise InputError(f"{what}: {name!r} is created as {tf.as_dtype(d.dtype).name} whatever the dtype "
+                             "policy (a custom layer hard-codes dtype= in add_weight); use self.variable_dtype "
+                             "there, or precision=None")
+        d.assign(val.astype(tf.as_dtype(d.dtype).as_numpy_dtype) if floating else val)
+
+
+def _unserializable_layer(model) -> str | None:
+    for layer in model._flatten_layers(include_self=False):
+        try:
+            layer.get_config()
+        except NotImplementedError:
+            return f"layer {layer.name!r} ({type(layer).__name__})"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _dtypes_in_use(model) -> set[str]:
+    """Floating dtypes of the model's variables and of its layers' computations (mixed precision shows here)."""
+    found = {tf.as_dtype(v.dtype).name for v in model.weights if tf.as_dtype(v.dtype).is_floating}
+    for layer in [model, *model._flatten_layers(include_self=False)]:
+        compute = getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None)
+        if isinstance(compute, str) and compute.startswith(_FLOAT_PREFIXES) and layer.weights:
+            found.add(compute)
+    return found
+
+
 def with_precision(model, precision: Precision | None):
-    """``model`` itself for ``None`` or its own dtype, else a copy in ``precision``."""
+    """``model`` itself for ``None`` or when it already computes in ``precision``, else a copy in ``precision``.
+
+    A mixed-precision model (float32 weights, float16 computation) is copied for ``"float32"`` too. The model
+    is never changed.
+    """
     if precision is None:
         return model
     check_choice("precision", precision, ("float32", "float64"))
-    current = model.trainable_variables[0].dtype if model.trainable_variables else "float32"
-    if tf.as_dtype(current).name == precision:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
+    if _dtypes_in_use(model) <= {precision}:
         return model
-    return _copy_with_dtype(model, precision)
+    return copy_with_dtype(model, precision)

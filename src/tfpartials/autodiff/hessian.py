@@ -1,0 +1,219 @@
+"""The dense Hessian of the dataset loss with respect to chosen parameters, with named blocks.
+
+Built from batched Hessian-vector products with identity columns (:mod:`tfpartials.autodiff.hvp`), one block
+triangle at a time: the variables are grouped in model order (small variables such as biases join the group
+before them) and for the columns of group ``G`` only the rows of ``G`` and of the variables after it are
+computed, with the tangent on ``G`` alone. Forward mode then starts at ``G`` and reverse mode stops at ``G``,
+so later layers cost less; the other triangle is the transpose (``H`` is symmetric), which makes the result
+exactly symmetric: each off-diagonal pair is computed once and mirrored, and the small square blocks on the
+diagonal where a chunk meets itself are averaged with their transpose.
+
+Chunks of columns are sized by the memory planner, and the whole computation is refused before it starts
+when ``n^2 x itemsize`` plus working space exceeds ``max_memory``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._backend import keras, tf
+from .._checks import InputError, check_choice, check_positive_int, format_bytes, parse_size
+from .._memory import DEFAULT_DENSE_LIMIT, plan_chunks, require_fits
+from .._progress import progress
+from ..io.data import DEFAULT_BATCH_SIZE
+from ..params import ParameterSpace
+from .hvp import METHODS, Method, batch_hvp_kernel
+from .objective import Objective
+from .problem import prepare
+from .risk import accumulate
+
+__all__ = ["HessianResult", "hessian", "dense_hessian", "hessian_memory", "MAX_CHUNK"]
+
+MAX_CHUNK = 128  # columns per compiled call: larger chunks gain nothing on CPU and cost memory
+_ALTERNATIVE = ("use `tfpartials spectrum` (top eigenvalues, trace and spectral density without forming the "
+                "matrix; in Python tp.top_eigenvalues / tp.hutchpp_trace on tp.HessianOperator), restrict it to "
+                "some variables with --wrt (wrt=[...]), or raise --max-memory (max_memory=...)")
+
+
+@dataclass(frozen=True, eq=False)
+class HessianResult:
+    """A dense Hessian with the names and positions of its variables.
+
+    Attributes:
+        matrix: ``(n, n)`` array, symmetric, in the computation's dtype.
+        names: variable names ``<layer>/<variable>`` in parameter order.
+        offsets: start of each variable in the flat vector, plus ``n`` at the end (``len(names) + 1``).
+        shapes: the variables' shapes.
+    """
+
+    matrix: np.ndarray
+    names: tuple[str, ...]
+    offsets: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def _slice(self, name: str) -> slice:
+        if name not in self.names:
+            raise InputError(f"unknown parameter {name!r}; available: {', '.join(self.names)}")
+        i = self.names.index(name)
+        return slice(self.offsets[i], self.offsets[i + 1])
+
+    def block(self, name_a: str, name_b: str, *, reshape: bool = False) -> np.ndarray:
+        """The ``(size_a, size_b)`` block d^2 L / d(a) d(b); with ``reshape`` shaped ``(*shape_a, *shape_b)``."""
+        out = self.matrix[self._slice(name_a), self._slice(name_b)]
+        if reshape:
+            out = out.reshape(*self.shapes[self.names.index(name_a)], *self.shapes[self.names.index(name_b)])
+        return out
+
+    def block_norms(self) -> np.ndarray:
+        """Frobenius norms of all blocks, ``(len(names), len(names))``."""
+        m = len(self.names)
+        out = np.zeros((m, m))
+        for i in range(m):
+            for j in range(m):
+                blk = self.matrix[self.offsets[i]:self.offsets[i + 1], self.offsets[j]:self.offsets[j + 1]]
+                out[i, j] = float(np.linalg.norm(blk.astype(np.float64)))
+        return out
+
+
+def _activation_elements(model) -> int:
+    """Per-example elements of all layer outputs (a working-memory estimate; 0 when unknown)."""
+    total = 0
+    for layer in getattr(model, "layers", []):
+        try:
+            outputs = tf.nest.flatten(layer.output)
+        except (AttributeError, ValueError, RuntimeError):
+            continue
+        for t in outputs:
+            dims = list(getattr(t, "shape", ()))[1:]
+            if all(isinstance(d, int) for d in dims):
+                total += int(np.prod(dims, dtype=np.int64))
+    return total
+
+
+def hessian_memory(n: int, itemsize: int, batch_size: int, activations: int) -> tuple[int, int, int]:
+    """(matrix bytes, working bytes per column, fixed working bytes) of a dense Hessian computation.
+
+    Per column: the tangent of every activation of a batch and a few parameter-sized vectors; fixed: the
+    matrix, the forward pass and the gradient. An estimate, on the generous side.
+    """
+    activations = max(activations, 64)
+    matrix = n * n * itemsize
+    per_column = itemsize * (4 * n + 6 * batch_size * activations)
+    fixed = matrix + itemsize * (4 * batch_size * activations + 4 * n) + 64 * 1024**2
+    return matrix, per_column, fixed
+
+
+def _groups(sizes: Sequence[int], chunk: int) -> list[list[int]]:
+    """Consecutive variables grouped in model order; one smaller than a chunk joins the group before it."""
+    groups: list[list[int]] = []
+    for i, s in enumerate(sizes):
+        if groups and s < chunk:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def hessian(model, data, loss: Any = None, wrt=None, *, max_memory: str | int | None = "2GiB",
+            batch_size: int | None = None, precision: str | None = None, method: Method = "auto",
+            chunk_size: int | None = None, training: bool = False, include_regularization: bool = True,
+            reduction: str = "mean", unconnected: str = "error", from_logits: bool | None = None,
+            allow_nan: bool = False, quiet: bool = False) -> HessianResult:
+    """Dense Hessian of the dataset loss with respect to the chosen variables, with named blocks.
+
+    ``H = d^2/dtheta^2 [(1/N) sum_i loss(y_i, model(x_i; theta)) + R(theta)]``, exact over the dataset, model in
+    inference mode. Cost: about ``n`` Hessian-vector products (fewer for later layers, see the module
+    docstring), vectorised ``chunk`` columns at a time; memory ``n^2 x itemsize`` plus working space.
+
+    Args:
+        model: a built Keras model (not modified), or an :class:`~tfpartials.Objective`.
+        data: ``(x, y)`` arrays, a ``tf.data.Dataset`` of ``(x, y)``, a path, or a :class:`~tfpartials.Data`.
+        loss, wrt, batch_size, precision, unconnected, from_logits: as in :func:`tfpartials.gradients`.
+        max_memory: refuse (:class:`~tfpartials.ResourceError`, before any work) when the matrix plus working
+            space would exceed this (``"2GiB"``, ``"512MiB"``, bytes; None for 2 GiB).
+        method: ``"auto"``, ``"forward"``, ``"reverse"`` or ``"loop"`` (see :func:`tfpartials.hvp`).
+        chunk_size: most columns per compiled call (default 128, fewer if memory is short).
+
+    Returns:
+        :class:`HessianResult`: ``.matrix`` (n, n), exactly symmetric, ``.names``, ``.offsets``, ``.shapes``,
+        ``.block(a, b)``.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> H = tp.hessian(model, (x, y), loss="mse")             # (2/N) [X 1]^T [X 1]
+        >>> H.block("lin/kernel", "lin/kernel").tolist()
+        [[1.0, 0.0], [0.0, 4.0]]
+    """
+    check_choice("method", method, METHODS)
+    budget = DEFAULT_DENSE_LIMIT if max_memory is None else parse_size(max_memory, "max_memory")
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    # the memory guard runs before the data is read or a float64 copy is made
+    if isinstance(model, Objective):
+        space, itemsize, keras_model = model.space, model.dtype.size, model.model
+    else:
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
+        if precision is not None:
+            check_choice("precision", precision, ("float32", "float64"))
+        space, keras_model = ParameterSpace(model, wrt), model
+        itemsize = {"float64": 8, "float32": 4}.get(precision or "", space.dtype.size)
+    n = space.size
+    activations = _activation_elements(keras_model)
+    matrix_bytes, per_column, fixed = hessian_memory(n, itemsize, batch_size or DEFAULT_BATCH_SIZE, activations)
+    require_fits(fixed + per_column, budget,
+                 f"the dense Hessian of {n:,} parameters ({format_bytes(matrix_bytes)} for the {n:,} x {n:,} "
+                 "matrix plus working space)", _ALTERNATIVE)
+
+    obj, d = prepare(model, data, loss, wrt, batch_size=batch_size, precision=precision, training=training,
+                     include_regularization=include_regularization, reduction=reduction,
+                     unconnected=unconnected, from_logits=from_logits, allow_nan=allow_nan)
+    _, per_column, fixed = hessian_memory(n, obj.dtype.size, d.batch_size, activations)
+    plan = plan_chunks(n, per_column, budget=budget, fixed=fixed, what="dense Hessian columns",
+                       max_chunk=chunk_size or MAX_CHUNK)
+    matrix = dense_hessian(obj, d, plan.chunk, method, quiet)
+    return HessianResult(matrix, tuple(obj.space.names), tuple(obj.space.offsets),
+                         tuple(tuple(s) for s in obj.space.shapes))
+
+
+def dense_hessian(obj: Objective, data, chunk: int, method: str, quiet: bool) -> np.ndarray:
+    """Fill the upper block triangle chunk by chunk, then mirror it (see the module docstring)."""
+    space = obj.space
+    n, m = space.size, len(space)
+    offsets = space.offsets
+    np_dtype = obj.dtype.as_numpy_dtype
+    H = np.zeros((n, n), dtype=np_dtype)
+    params = space.values()
+    work = []  # (group, first column, last column, chunk rows)
+    for group in _groups(space.sizes, chunk):
+        c0, c1 = offsets[group[0]], offsets[group[-1] + 1]
+        k = min(chunk, c1 - c0)
+        work.extend((group, c0, c1, r0, min(r0 + k, c1), k) for r0 in range(c0, c1, k))
+    squares = []
+    with progress("dense Hessian", len(work), quiet=quiet, unit="chunks", min_total=2) as bar:
+        for group, c0, c1, r0, r1, k in work:
+            kernel = batch_hvp_kernel(obj, method, tangent_vars=group, output_vars=range(group[0], m))
+            index = tf.range(r0 - c0, r0 - c0 + k)
+            index = tf.where(index < r1 - c0, index, -1)  # pad the last chunk with zero columns (no retrace)
+            T = tf.one_hot(index, c1 - c0, dtype=obj.dtype)
+            rows = accumulate(obj, data, kernel, params, T, description="dense Hessian", quiet=True)
+            H[r0:r1, c0:] = rows.numpy()[:r1 - r0]
+            squares.append((r0, r1))
+            bar.advance(1)
+    for r0, r1 in squares:  # in increasing order: the mirror only ever writes below the computed rows
+        S = H[r0:r1, r0:r1]
+        H[r0:r1, r0:r1] = (S + S.T) / 2
+        H[r1:, r0:r1] = H[r0:r1, r1:].T
+    return H

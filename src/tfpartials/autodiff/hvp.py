@@ -1,0 +1,312 @@
+"""Hessian-vector products of the dataset loss, forward-over-reverse, batched over many vectors at once.
+
+For one batch, ``H v`` is the directional derivative of the gradient along ``v``: a
+``tf.autodiff.ForwardAccumulator`` (tangent ``v`` on the parameter tensors) around a ``GradientTape``
+(Pearlmutter 1994, "Fast exact multiplication by the Hessian"). Many vectors are done at once by vectorising
+the single-vector computation over the columns with ``tf.vectorized_map`` (pfor), which turns every
+matrix-vector product of the network into a matrix-matrix product. Summed over the fixed-shape, masked
+batches with weight 1/N this is the exact dataset HVP.
+
+Not every op vectorises in forward mode (``Conv2D`` wants a loop-invariant filter, recurrent layers have no
+vectorisable forward rule), so each product is built by a :class:`ColumnKernel` that tries, in order,
+
+* ``"forward"``: forward-over-reverse, vectorised;
+* ``"reverse"``: reverse-over-reverse (the gradient of ``g . v``), vectorised;
+* ``"loop"``: reverse-over-reverse one column at a time in a ``tf.map_fn`` loop,
+
+falls back at trace time when a mode cannot be built, and says so once with a :class:`FallbackWarning`.
+The same kernel computes blocks ``H[out, tan]`` (tangents on some variables, gradients of others), which is
+what :func:`tfpartials.hessian` uses to build only one block triangle.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+
+from .._backend import tf
+from .._checks import InputError, check_choice
+from .objective import Objective
+from .problem import prepare
+from .risk import accumulate
+
+__all__ = ["hvp", "hvp_matmat", "hvp_kernel", "ColumnKernel", "FallbackWarning", "Method", "METHODS",
+           "vectorize_columns", "gradient_of"]
+
+Method = Literal["auto", "forward", "reverse", "loop"]
+MODES = ("forward", "reverse", "loop")
+METHODS = ("auto", *MODES)
+_MODE_TEXT = {"forward": "forward-over-reverse (vectorised)", "reverse": "reverse-over-reverse (vectorised)",
+              "loop": "reverse-over-reverse (one vector at a time)"}
+_TRACE_ERRORS = (ValueError, TypeError, NotImplementedError, LookupError, AttributeError,
+                 tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
+
+
+class FallbackWarning(UserWarning):
+    """A faster differentiation mode could not be built for this model; a slower exact one is used."""
+
+
+class _PforNotes(logging.Handler):
+    """Collects (and keeps off the console) what pfor logs while a kernel is traced: ops it runs in a loop."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.looped: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Using a while_loop for converting "):
+            op = msg[len("Using a while_loop for converting "):].split(" ", 1)[0]
+        elif "uses a while_loop" in msg:
+            op = msg.split(" ", 1)[0]
+        else:
+            return
+        if op not in self.looped:
+            self.looped.append(op)
+
+
+@contextmanager
+def _tracing_notes():
+    """While tracing: pfor's per-op logs go to a collector instead of the console (restored afterwards)."""
+    logger = tf.get_logger()
+    notes = _PforNotes()
+    old_level, old_propagate, old_handlers = logger.level, logger.propagate, list(logger.handlers)
+    logger.handlers = [notes]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if old_level == logging.NOTSET else min(old_level, logging.WARNING))
+    try:
+        yield notes
+    finally:
+        logger.handlers = old_handlers
+        logger.propagate = old_propagate
+        logger.setLevel(old_level)
+
+
+def vectorize_columns(column: Callable[[tf.Tensor], tf.Tensor], T: tf.Tensor, mode: str) -> tf.Tensor:
+    """Stack ``column(T[i])`` over the rows of ``T`` (k, m): one call when k is 1, else pfor or a loop.
+
+    pfor runs an op it cannot vectorise in a while loop over the columns (correct, slower); the kernels note
+    that and say so once.
+    """
+    if T.shape[0] == 1:
+        return column(T[0])[None]
+    if mode == "loop":
+        return tf.map_fn(column, T, parallel_iterations=4)
+    return tf.vectorized_map(column, T, fallback_to_while_loop=True)
+
+
+def gradient_of(obj: Objective, params: Sequence, x, y, mask, scale, regw, indices: Sequence[int],
+                tape: tf.GradientTape | None = None) -> list:
+    """Gradients of one batch's objective w.r.t. ``params[i]`` for ``i`` in ``indices`` (None policy applied)."""
+    chosen = [params[i] for i in indices]
+    with tf.GradientTape() as inner:
+        inner.watch(chosen)
+        value = obj.batch_value(params, x, y, mask, scale, regw)
+    grads = inner.gradient(value, chosen, unconnected_gradients=tf.UnconnectedGradients.NONE)
+    full = list(params)  # fix_none checks names positionally over the whole space
+    for i, g in zip(indices, grads):
+        full[i] = g
+    fixed = obj.fix_none(full, params)
+    return [fixed[i] for i in indices]
+
+
+def _flat(tensors) -> tf.Tensor:
+    return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+
+def _split(t, shapes, sizes) -> list:
+    return [tf.reshape(p, s) for p, s in zip(tf.split(t, sizes), shapes)]
+
+
+def hvp_kernel(obj: Objective, mode: str, tangent_vars: Sequence[int], output_vars: Sequence[int]):
+    """Python function ``(params, x, y, mask, scale, regw, T) -> R`` for one batch, to be compiled.
+
+    ``T`` is ``(k, m)`` (m = size of the tangent variables) and row ``i`` of ``R`` (k, size of the output
+    variables) is ``H[out, tan] @ T[i]``: with tangents and outputs all variables, ``R = (H @ T.T).T``.
+    Cost per row: about two gradients (forward-over-reverse) or three (reverse-over-reverse).
+    """
+    tan, out = tuple(tangent_vars), tuple(output_vars)
+    shapes = [obj.space.shapes[i] for i in tan]
+    sizes = [obj.space.sizes[i] for i in tan]
+
+    def forward(params, x, y, mask, scale, regw, T):
+        primals = [params[i] for i in tan]
+
+        def column(t):
+            with tf.autodiff.ForwardAccumulator(primals, _split(t, shapes, sizes)) as acc:
+                grads = gradient_of(obj, params, x, y, mask, scale, regw, out)
+            return _flat([acc.jvp(g, unconnected_gradients=tf.UnconnectedGradients.ZERO) for g in grads])
+
+        return vectorize_columns(column, T, mode)
+
+    def reverse(params, x, y, mask, scale, regw, T):
+        chosen = [params[i] for i in out]
+
+        def column(t):  # H[out, tan] t = d/dtheta_out (g_tan . t), by symmetry of H
+            with tf.GradientTape() as outer:
+                outer.watch(chosen)
+                dot = tf.reduce_sum(_flat(gradient_of(obj, params, x, y, mask, scale, regw, tan)) * t)
+            return _flat(outer.gradient(dot, chosen, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+        return vectorize_columns(column, T, mode)
+
+    return forward if mode == "forward" else reverse
+
+
+class _Shared:
+    """What the kernels of one objective and family learnt: modes that cannot be built, warnings given."""
+
+    def __init__(self):
+        self.failed: set[str] = set()
+        self.warned: set[str] = set()
+
+
+class ColumnKernel:
+    """A per-batch product ``(params, x, y, mask, scale, regw, T) -> (k, ...)`` with automatic fallback.
+
+    ``build(mode)`` returns the Python function for a mode; it is compiled once through
+    :meth:`Objective.function`. On the first call of a mode, an error raised while building it moves on to the
+    next mode (with one :class:`FallbackWarning`); errors of a mode that has already run, and user errors
+    (:class:`~tfpartials.InputError`), propagate. Kernels sharing ``shared`` (same objective and family)
+    skip a mode another one found unavailable, and warn once between them.
+    """
+
+    def __init__(self, obj: Objective, key: str, build: Callable[[str], Callable], method: str = "auto",
+                 what: str = "Hessian-vector products", shared: _Shared | None = None):
+        check_choice("method", method, METHODS)
+        self.obj, self.key, self.build, self.what = obj, key, build, what
+        self.modes = list(MODES) if method == "auto" else [method]
+        self.shared = shared or _Shared()
+        self._ran: set[str] = set()
+
+    @property
+    def mode(self) -> str:
+        """The mode currently in use."""
+        while len(self.modes) > 1 and self.modes[0] in self.shared.failed:
+            self.modes.pop(0)
+        return self.modes[0]
+
+    def _warn(self, message: str) -> None:
+        if message not in self.shared.warned:
+            self.shared.warned.add(message)
+            warnings.warn(message, FallbackWarning, stacklevel=4)
+
+    def __call__(self, params, x, y, mask, scale, regw, T):
+        while True:
+            mode = self.mode
+            fn = self.obj.function(f"{self.key}/{mode}", lambda m=mode: self.build(m))
+            if mode in self._ran:
+                return fn(params, x, y, mask, scale, regw, T)
+            try:
+                with _tracing_notes() as notes:
+                    out = fn(params, x, y, mask, scale, regw, T)
+            except InputError:
+                raise
+            except _TRACE_ERRORS as exc:
+                if len(self.modes) == 1:
+                    raise
+                self.shared.failed.add(mode)
+                self.modes.pop(0)
+                self._warn(f"{self.what}: {_MODE_TEXT[mode]} is not available for this model ({_reason(exc)}); "
+                           f"using {_MODE_TEXT[self.mode]} instead (exact, slower)")
+                continue
+            self._ran.add(mode)
+            if notes.looped:
+                self._warn(f"{self.what}: {_MODE_TEXT[mode]} runs {', '.join(notes.looped)} one vector at a time "
+                           "(no vectorised rule for it in TensorFlow); exact, slower")
+            return out
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line(s) of a (possibly very long) TensorFlow tracing error."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln]
+    text = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+    for i in range(len(lines) - 1, -1, -1):
+        if re.match(r"^\w*(Error|Exception)\b.*:", lines[i]):
+            text = lines[i]
+            if text.endswith(".") and i + 1 < len(lines) and not lines[i + 1].startswith("Arguments"):
+                text += " " + lines[i + 1]
+            break
+    return text[:240] + ("..." if len(text) > 240 else "")
+
+
+_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_kernel(obj: Objective, family: str, key: str, build: Callable[[str], Callable],
+                  method: str = "auto", what: str = "Hessian-vector products") -> ColumnKernel:
+    """The :class:`ColumnKernel` of ``obj`` for ``key`` (one per objective, so a fallback is decided once)."""
+    table = _KERNELS.setdefault(obj, {})
+    kernel = table.get((key, method))
+    if kernel is None:
+        shared = table.setdefault(("shared", family, method), _Shared())
+        kernel = ColumnKernel(obj, key, build, method, what, shared)
+        table[(key, method)] = kernel
+    return kernel
+
+
+def batch_hvp_kernel(obj: Objective, method: str = "auto", tangent_vars: Sequence[int] | None = None,
+                     output_vars: Sequence[int] | None = None) -> ColumnKernel:
+    """The per-batch kernel of ``H[out, tan]``-products (all variables by default), cached on ``obj``."""
+    every = tuple(range(len(obj.space)))
+    tan = every if tangent_vars is None else tuple(tangent_vars)
+    out = every if output_vars is None else tuple(output_vars)
+    key = f"hvp/{','.join(map(str, tan))}/{','.join(map(str, out))}"
+    return cached_kernel(obj, "hvp", key, lambda mode: hvp_kernel(obj, mode, tan, out), method)
+
+
+def hvp_matmat(obj: Objective, data, V, *, method: str = "auto", quiet: bool = False, strategy=None,
+               description: str = "Hessian-vector product") -> tf.Tensor:
+    """``H @ V`` for an ``(n, k)`` matrix over the whole dataset, exact; a tensor in the objective's dtype."""
+    V = tf.cast(tf.convert_to_tensor(V), obj.dtype)
+    kernel = batch_hvp_kernel(obj, method)
+    rows = accumulate(obj, data, kernel, obj.space.values(), tf.transpose(V), description=description,
+                      quiet=quiet, strategy=strategy)
+    return tf.transpose(rows)
+
+
+def hvp(model, data, v, loss: Any = None, wrt=None, *, batch_size: int | None = None,
+        precision: str | None = None, method: Method = "auto", training: bool = False,
+        include_regularization: bool = True, reduction: str = "mean", unconnected: str = "error",
+        from_logits: bool | None = None, allow_nan: bool = False, quiet: bool = False) -> dict[str, np.ndarray]:
+    """Hessian-vector product ``H v`` of the dataset loss with respect to the chosen variables.
+
+    ``H = d^2/dtheta^2 [(1/N) sum_i loss(y_i, model(x_i; theta)) + R(theta)]``, exact over the dataset (N counted
+    exactly), the model in inference mode. Cost: about two gradients (one forward-mode pass over a
+    reverse-mode pass, Pearlmutter 1994); reverse-over-reverse is used where forward mode is unavailable.
+
+    Args:
+        model: a built Keras model (not modified), or an :class:`~tfpartials.Objective`.
+        data: ``(x, y)`` arrays, a ``tf.data.Dataset`` of ``(x, y)``, a path, or a :class:`~tfpartials.Data`.
+        v: the vector, flat ``(n,)`` in parameter order or a ``{name: array}`` dict.
+        loss, wrt, batch_size, precision, unconnected, from_logits: as in :func:`tfpartials.gradients`.
+        method: ``"auto"`` (forward-over-reverse, falling back), ``"forward"``, ``"reverse"`` or ``"loop"``.
+
+    Returns:
+        ``{name: array}`` keyed by ``<layer>/<variable>``, shaped like the variables.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> hv = tp.hvp(model, (x, y), {"lin/kernel": np.ones((2, 1)), "lin/bias": np.zeros(1)}, loss="mse")
+        >>> hv["lin/kernel"].ravel().tolist()          # (2/N) X^T X 1 = [1, 4]
+        [1.0, 4.0]
+    """
+    obj, d = prepare(model, data, loss, wrt, batch_size=batch_size, precision=precision, training=training,
+                     include_regularization=include_regularization, reduction=reduction,
+                     unconnected=unconnected, from_logits=from_logits, allow_nan=allow_nan)
+    if not isinstance(v, dict) and np.ndim(v) != 1:
+        raise InputError(f"v: expected a vector of shape ({obj.space.size},) or a {{name: array}} dict, got shape "
+                         f"{np.shape(v)}; for many vectors use HessianOperator(...).matmat(V)")
+    vec = obj.space.vector_from(v, obj.dtype)
+    out = hvp_matmat(obj, d, vec[:, None], method=method, quiet=quiet)
+    return obj.space.to_dict(out[:, 0].numpy())

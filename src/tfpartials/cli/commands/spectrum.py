@@ -1,0 +1,168 @@
+"""tfpartials spectrum MODEL --data D [--operator hessian|ggn|fisher] [--top-k K] [--trace] [--diagonal]
+[--density] [--seed S] [--out s.json] [--plot density.png]"""
+
+from __future__ import annotations
+
+HELP = "curvature without the matrix: top eigenvalues, trace, diagonal and spectral density"
+DESCRIPTION = (
+    "Top eigenvalues (Lanczos), trace (Hutch++ or Hutchinson), diagonal (Hutchinson) and eigenvalue density "
+    "(stochastic Lanczos quadrature) of the loss Hessian, the generalised Gauss-Newton matrix or the Fisher, "
+    "from matrix-vector products only. With no quantity flag the top eigenvalues are computed.")
+
+
+def add_arguments(p) -> None:
+    from ..common import add_data_args, add_model_args, add_output_args
+
+    add_model_args(p)
+    add_data_args(p)
+    add_output_args(p, help="write the results to this .json (eigenvalues, trace, density, diagonal)")
+    p.add_argument("--operator", choices=["hessian", "ggn", "fisher"], default="hessian",
+                   help="curvature matrix: loss Hessian (default), generalised Gauss-Newton, or Fisher")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="number of top eigenvalues (default 3 when nothing else is asked, else 0)")
+    p.add_argument("--which", choices=["largest", "smallest", "magnitude"], default="largest",
+                   help="which end of the spectrum for --top-k (default largest)")
+    p.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance of the eigenvalues")
+    p.add_argument("--trace", action="store_true", help="estimate the trace with standard error")
+    p.add_argument("--trace-method", choices=["hutchpp", "hutchinson"], default="hutchpp",
+                   help="trace estimator (default Hutch++)")
+    p.add_argument("--diagonal", action="store_true", help="estimate the diagonal (per parameter) with errors")
+    p.add_argument("--density", action="store_true", help="eigenvalue density by stochastic Lanczos quadrature")
+    p.add_argument("--num-matvecs", type=int, default=99, metavar="M",
+                   help="matrix-vector products for --trace and --diagonal each (default 99)")
+    p.add_argument("--num-probes", type=int, default=4, help="random probes for --density (default 4)")
+    p.add_argument("--num-lanczos", type=int, default=64, help="Lanczos steps per probe for --density (default 64)")
+    p.add_argument("--per-layer", action="store_true", help="also the top eigenvalue of each layer's block")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every random probe (default 0)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="draw the density (implies --density) to this .png")
+
+
+def _validate(args) -> None:
+    from ..._checks import InputError
+
+    if args.top_k is not None and args.top_k < 0:
+        raise InputError(f"--top-k: expected a non-negative integer, got {args.top_k}")
+    if args.num_matvecs < 1:
+        raise InputError(f"--num-matvecs: expected a positive integer, got {args.num_matvecs}")
+    if args.trace and args.trace_method == "hutchpp" and args.num_matvecs < 3:
+        raise InputError(f"--num-matvecs: Hutch++ needs at least 3, got {args.num_matvecs}")
+    for flag in ("num_probes", "num_lanczos"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    if args.seed < 0:
+        raise InputError(f"--seed: expected a non-negative integer, got {args.seed}")
+    if not args.tol > 0:
+        raise InputError(f"--tol: expected a number > 0, got {args.tol}")
+    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
+        raise InputError(f"--plot: expected a .png file name, got {args.plot!r}")
+    if args.plot:
+        args.density = True
+    if args.top_k is None:
+        args.top_k = 0 if (args.trace or args.diagonal or args.density) else 3
+    if not (args.top_k or args.trace or args.diagonal or args.density or args.per_layer):
+        raise InputError("nothing to compute: ask for --top-k K (K >= 1), --trace, --diagonal or --density")
+
+
+def _operator(args, model, data):
+    from ...linalg.curvature import FisherOperator, GGNOperator, HessianOperator
+
+    cls = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}[args.operator]
+    return cls(model, data, loss=args._loss, wrt=args.wrt, batch_size=args.batch_size, precision=args.precision)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ...estimators import (
+        hutchinson_diagonal,
+        hutchinson_trace,
+        hutchpp_trace,
+        layer_names,
+        per_layer,
+        spectral_density,
+        top_eigenvalues,
+    )
+    from ...reports.writers import check_output_path, save_json
+    from ..common import load_model_and_data, print_table
+
+    _validate(args)
+    if args.out:
+        check_output_path(args.out, args.overwrite)
+    if args.plot:
+        check_output_path(args.plot, args.overwrite)
+    model, data = load_model_and_data(args)
+    op = _operator(args, model, data)
+    n, quiet = op.n, args.quiet
+    result: dict = {"operator": args.operator, "loss": args._loss.name, "num_parameters": n,
+                    "num_examples": data.num_examples, "parameters": list(op.space.names) if op.space else None,
+                    "seed": args.seed}
+    rows: list[list] = []
+    eig = None
+    if args.top_k:
+        k = min(args.top_k, n - 1)
+        if k < 1:
+            from ..._checks import InputError
+
+            raise InputError(f"--top-k: the operator has {n} parameter(s); an iterative solver needs at least 2")
+        eig = top_eigenvalues(op, k=k, which=args.which, tol=args.tol, seed=args.seed, quiet=quiet)
+        order = np.argsort(-eig.eigenvalues, kind="stable")
+        result["eigenvalues"] = eig.eigenvalues[order].tolist()
+        result["eigen"] = {"which": args.which, "residual_norms": eig.residual_norms[order].tolist(),
+                           "converged": eig.converged, "num_matvecs": eig.num_matvecs, "tol": args.tol}
+        rows += [[f"eigenvalue {i + 1} ({args.which})", float(v), float(r), eig.num_matvecs]
+                 for i, (v, r) in enumerate(zip(eig.eigenvalues, eig.residual_norms))]
+    if args.trace:
+        estimator = hutchpp_trace if args.trace_method == "hutchpp" else hutchinson_trace
+        tr = estimator(op, args.num_matvecs, seed=args.seed, quiet=quiet)
+        result["trace"] = {**tr.as_dict(), "method": args.trace_method}
+        rows.append([f"trace ({args.trace_method})", tr.value, tr.std_error, tr.num_matvecs])
+    if args.diagonal:
+        dg = hutchinson_diagonal(op, args.num_matvecs, seed=args.seed, quiet=quiet)
+        values = dg.as_dict() if op.space is not None else {"diagonal": dg.values}
+        errors = dg.std_error_dict() if op.space is not None else {"diagonal": dg.std_error}
+        result["diagonal"] = {"values": values, "std_error": errors, "num_matvecs": dg.num_matvecs}
+        rows.append(["diagonal: sum", float(dg.values.sum()), float(np.sqrt(np.sum(dg.std_error**2))),
+                     dg.num_matvecs])
+    density = None
+    if args.density:
+        density = spectral_density(op, num_probes=args.num_probes, num_lanczos=args.num_lanczos, seed=args.seed,
+                                   quiet=quiet)
+        result["density"] = {**density.as_dict(), "sigma": density.sigma, "num_probes": args.num_probes,
+                             "num_lanczos": int(density.ritz_values.shape[1]), "num_matvecs": density.num_matvecs,
+                             "ritz_values": density.ritz_values.tolist(),
+                             "ritz_weights": density.ritz_weights.tolist()}
+        rows.append(["density: mean eigenvalue (trace/n)", density.moment(1), float("nan"), density.num_matvecs])
+    if args.per_layer and op.space is not None:
+        layers = {}
+        for name, res in per_layer(lambda block: _block_top(block, args), op, layer_names(op.space)).items():
+            layers[name] = res
+            if res["eigenvalues"]:
+                rows.append([f"layer {name}: top eigenvalue", res["eigenvalues"][0], res["residual_norms"][0],
+                             res["num_matvecs"]])
+        result["per_layer"] = layers
+    result["num_matvecs"] = int(op.num_matvecs)
+    if not quiet:
+        print_table(args, f"{args.operator.capitalize()} spectrum ({n} parameters, {data.num_examples} examples, "
+                    f"loss {args._loss.name})", ["quantity", "value", "error", "matvecs"], rows)
+    if args.out:
+        save_json(args.out, result, overwrite=args.overwrite)
+    if args.plot:
+        from ...reports.plots_spectrum import plot_density
+
+        plot_density(density, args.plot, None if eig is None else eig.eigenvalues,
+                     title=f"{args.operator.capitalize()} eigenvalue density", overwrite=args.overwrite)
+    return 0
+
+
+def _block_top(block, args) -> dict:
+    """Top eigenvalue of one layer's block (exact for a block of one parameter)."""
+    import numpy as np
+
+    from ...estimators import top_eigenvalues
+
+    if block.n == 1:
+        value = float(np.asarray(block.to_dense()).reshape(-1)[0])
+        return {"eigenvalues": [value], "residual_norms": [0.0], "num_matvecs": 1, "num_parameters": 1}
+    res = top_eigenvalues(block, k=1, which=args.which, tol=args.tol, seed=args.seed, quiet=args.quiet)
+    return {"eigenvalues": res.eigenvalues.tolist(), "residual_norms": res.residual_norms.tolist(),
+            "num_matvecs": res.num_matvecs, "num_parameters": block.n}

@@ -1,0 +1,427 @@
+"""The report pipeline: validate everything, then run each section on a planned budget and write the report.
+
+:func:`build_report` is the Python entry point of ``tfpartials report``. It works in two phases:
+
+1. :func:`plan_report` loads and checks the model, data, loss and options, and evaluates the loss and its
+   gradient on two examples. Any problem is an :class:`~tfpartials.InputError` raised *before* heavy work
+   (the command line turns it into one line and exit 2; no output directory is created).
+2. :func:`run_plan` runs the sections (:data:`~tfpartials.reports.records.SECTIONS`), each a small function
+   that imports what it needs lazily. A section that fails is recorded (status ``failed`` and the reason) and
+   shown in the report; the others still run. Sections left when the time budget is spent are skipped.
+
+The work of each section is sized in advance (probe examples, matvecs, attribution steps), so its cost does
+not depend on the wall clock and the numbers are reproducible: same inputs and seed, same ``results.json``
+apart from ``provenance.timing``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._checks import InputError, check_positive_float, check_positive_int, check_seed
+from .records import REPORT_FORMAT, SECTIONS, Section, canonical_section, now_iso
+
+__all__ = ["build_report", "plan_report", "run_plan", "ReportPlan", "DEFAULT_NUM_MATVECS", "DEFAULT_TIME_BUDGET",
+           "DEFAULT_PROBE_EXAMPLES", "normal_permissions"]
+
+DEFAULT_NUM_MATVECS = 60       # Hutch++ matvecs for the trace (each layer's trace gets the same, or is exact)
+DEFAULT_TIME_BUDGET = 600.0    # seconds; sections not started by then are skipped
+DEFAULT_PROBE_EXAMPLES = 256   # examples in the curvature probe batch
+DEFAULT_PER_EXAMPLE = 512      # examples whose individual gradients are measured
+DENSITY_PROBES, DENSITY_STEPS = 4, 30
+IG_STEPS = 32
+
+_SEED_OFFSETS = {"gradients": 0, "per_example": 1, "curvature": 2, "attributions": 3, "check": 4}
+
+
+@dataclass
+class ReportPlan:
+    """Validated inputs and settings of one report (see :func:`plan_report`)."""
+
+    model: Any
+    objective: Any
+    data: Any
+    settings: dict[str, Any]
+    skip: frozenset[str]
+    title: str
+    kind: str
+    feature_names: list[str] | None
+    model_file: str | None = None
+    data_file: str | None = None
+    model_digest: str | None = None
+    data_digest: str | None = None
+    quiet: bool = False
+    log: Callable[[str], None] | None = field(default=None, repr=False)
+    deadline: float | None = field(default=None, repr=False)
+
+    def out_of_time(self) -> bool:
+        """True once the report's time budget is spent (long sections check this between their parts)."""
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    @property
+    def loss(self):
+        return self.objective.loss
+
+    @property
+    def space(self):
+        return self.objective.space
+
+    def seed(self, section: str, offset: int = 0) -> int:
+        return int(self.settings["seed"]) + 97 * _SEED_OFFSETS.get(section, 9) + offset
+
+    def subset(self, k: int):
+        """The first ``k`` examples as a Data (same dtype as the objective)."""
+        from ..io.data import load_data
+
+        k = min(int(k), self.data.num_examples)
+        if k >= self.data.num_examples:
+            return self.data
+        x, y = self.data.first(k)
+        return load_data((x, y), batch_size=min(self.data.batch_size, k), model=self.objective.model,
+                         loss_name=self.loss.name, require_targets=True, allow_nan=True)
+
+
+# ------------------------------------------------------------------------------------------------ planning
+def _input_kind(model) -> str:
+    from ..io.signature import signature
+
+    sig = signature(model)
+    if not sig.single_input:
+        return "multi-input"
+    shape = sig.input_shapes[0]
+    if len(shape) == 3 and shape[-1] in (1, 3, 4):
+        return "image"
+    if len(shape) == 2 and all(s is not None and s >= 4 for s in shape):
+        return "image"
+    if len(shape) == 1:
+        return "tabular"
+    return "other"
+
+
+def _digest_of_data(data) -> str | None:
+    from .records import array_sha256
+
+    if getattr(data, "_stream", None) is not None:
+        return None
+    return array_sha256(data.x, data.y)
+
+
+def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_k: int = 3,
+                num_matvecs: int = DEFAULT_NUM_MATVECS, seed: int = 0, time_budget: float = DEFAULT_TIME_BUDGET,
+                batch_size: int | None = None, max_examples: int | None = None,
+                probe_examples: int = DEFAULT_PROBE_EXAMPLES, per_example_examples: int = DEFAULT_PER_EXAMPLE,
+                wrt=None, precision: str | None = None, from_logits: bool | None = None, target=None,
+                allow_nan: bool = False, trust: bool = False, feature_names: Sequence[str] | None = None,
+                title: str | None = None, quiet: bool = False) -> ReportPlan:
+    """Check every input and option (cheaply) and return the plan; InputError on anything wrong."""
+    from .._backend import keras
+    from ..autodiff.problem import prepare
+    from ..io.models import load_model
+
+    skipped = frozenset(canonical_section(s) for s in ([skip] if isinstance(skip, str) else list(skip)))
+    top_k = check_positive_int("top_k", top_k)
+    num_matvecs = check_positive_int("num_matvecs", num_matvecs)
+    seed = check_seed(seed)
+    time_budget = check_positive_float("time_budget", time_budget)
+    probe_examples = check_positive_int("probe_examples", probe_examples)
+    per_example_examples = check_positive_int("per_example_examples", per_example_examples)
+    if max_examples is not None:
+        max_examples = check_positive_int("max_examples", max_examples)
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
+
+    model_file = None
+    model_digest = None
+    if isinstance(model, str | os.PathLike):
+        from .records import file_sha256
+
+        model_file = str(model)
+        model = load_model(model, trust=trust)
+        model_digest = file_sha256(model_file)
+    elif not isinstance(model, keras.Model):
+        raise TypeError(f"model: expected a Keras model or a model file path, got {type(model).__name__}")
+    data_file = str(data) if isinstance(data, str | os.PathLike) else None
+    obj, d = prepare(model, data, loss, wrt, batch_size=batch_size, precision=precision, from_logits=from_logits,
+                     allow_nan=allow_nan, target=target)
+    if max_examples is not None and max_examples < d.num_examples:
+        from ..io.data import load_data
+
+        x, y = d.first(max_examples)
+        d = load_data((x, y), batch_size=min(d.batch_size, max_examples), model=obj.model,
+                      loss_name=obj.loss.name, allow_nan=allow_nan, require_targets=True)
+    kind = _input_kind(obj.model)
+    names = [str(n) for n in feature_names] if feature_names is not None else d.feature_names
+    if feature_names is not None and not isinstance(feature_names, str | bytes):
+        width = obj.model.input_shape[-1] if kind == "tabular" else None
+        if width is not None and len(names) != width:
+            raise InputError(f"feature_names: expected {width} names (one per input feature), got {len(names)}")
+    elif feature_names is not None:
+        raise TypeError(f"feature_names: expected a sequence of names, got {feature_names!r}")
+    with _retracing_notes_off():
+        _preflight(obj, d)
+    if data_file is not None:
+        from .records import file_sha256
+
+        data_digest = file_sha256(data_file)
+    else:
+        data_digest = _digest_of_data(d)
+    settings = {"top_k": top_k, "num_matvecs": num_matvecs, "seed": seed, "skip": sorted(skipped),
+                "time_budget_seconds": time_budget, "batch_size": d.batch_size, "max_examples": max_examples,
+                "probe_examples": min(probe_examples, d.num_examples),
+                "per_example_examples": min(per_example_examples, d.num_examples),
+                "wrt": None if wrt is None else ([wrt] if isinstance(wrt, str) else list(wrt)),
+                "precision": precision or obj.dtype.name, "loss": obj.loss.name,
+                "density_probes": DENSITY_PROBES, "density_lanczos_steps": DENSITY_STEPS,
+                "integrated_gradients_steps": IG_STEPS}
+    return ReportPlan(model=obj.model, objective=obj, data=d, settings=settings, skip=skipped,
+                      title=title or f"tfpartials report: {model.name}", kind=kind,
+                      feature_names=list(names) if names is not None else None, model_file=model_file,
+                      data_file=data_file, model_digest=model_digest, data_digest=data_digest, quiet=quiet)
+
+
+def _preflight(obj, data) -> None:
+    """Loss and gradient on two examples: wrong shapes, labels or unconnected variables fail here, cheaply."""
+    from ..autodiff.gradient import value_and_gradient
+    from ..io.data import load_data
+
+    x, y = data.first(min(2, data.num_examples))
+    tiny = load_data((x, y), batch_size=len(x[0]) if isinstance(x, list) else len(x), model=obj.model,
+                     loss_name=obj.loss.name, allow_nan=True, require_targets=True)
+    try:
+        value, _ = value_and_gradient(obj, tiny, quiet=True, description="checking inputs")
+    except InputError:
+        raise
+    except Exception as exc:  # TF shape/dtype errors from a model-loss-data mismatch
+        msg = " ".join(str(exc).split())[:300]
+        raise InputError(f"the model, loss {obj.loss.name!r} and data do not fit together: "
+                         f"{type(exc).__name__}: {msg}") from None
+    if not np.isfinite(float(value)):
+        raise InputError("the loss is not finite on the first examples; check the data and the loss")
+
+
+# ------------------------------------------------------------------------------------------------- running
+def _layer_of(name: str) -> str:
+    return name.rsplit("/", 1)[0] if "/" in name else name
+
+
+def _layers(space) -> list[tuple[str, list[str]]]:
+    groups: dict[str, list[str]] = {}
+    for n in space.names:
+        groups.setdefault(_layer_of(n), []).append(n)
+    return list(groups.items())
+
+
+def _unavailable(exc: ImportError) -> str | None:
+    """A reason when ``exc`` says a part of tfpartials is missing (rather than a bug inside one)."""
+    name = getattr(exc, "name", "") or ""
+    if isinstance(exc, ModuleNotFoundError) and name.startswith("tfpartials"):
+        return f"this part of tfpartials ({name}) is not available in this installation"
+    if "cannot import name" in str(exc) and "tfpartials" in str(exc):
+        return f"this part of tfpartials is not available in this installation ({_reason(exc)})"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    if len(msg) > 400:
+        msg = msg[:397] + "..."
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run every section of ``plan``; with ``directory``, write the PNGs, ``results.json`` and ``index.html``."""
+    from .records import provenance
+
+    d = Path(directory) if directory is not None else None
+    started, t0 = now_iso(), time.perf_counter()
+    say = plan.log or _printer(plan.quiet)
+    obj, data = plan.objective, plan.data
+    results: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "title": plan.title,
+        "model": _model_summary(plan),
+        "data": {"num_examples": data.num_examples, "kind": plan.kind,
+                 "feature_names": plan.feature_names},
+        "loss": {"name": obj.loss.name, "value": None},
+        "summary": {"loss": None, "gradient_norm": None, "top_eigenvalue": None, "trace": None,
+                    "check_passed": None},
+        "sections": {},
+    }
+    timing: dict[str, Any] = {}
+    budget = float(plan.settings["time_budget_seconds"])
+    plan.deadline = t0 + budget
+    with _retracing_notes_off():
+        for i, key in enumerate(SECTIONS):
+            _run_section(plan, key, i, results, timing, d, say, t0, budget)
+    prov = provenance(model_file=plan.model_file, model_digest=plan.model_digest, data_file=plan.data_file,
+                      data_digest=plan.data_digest, seed=plan.settings["seed"], settings=plan.settings)
+    prov["timing"] = {"started": started, "finished": now_iso(),
+                      "seconds": {"total": round(time.perf_counter() - t0, 3), **timing}}
+    results["provenance"] = prov
+    if d is not None:
+        from .html import write_html
+        from .writers import save_json
+
+        save_json(d / "results.json", results)
+        write_html(results, d)
+    return results
+
+
+def _run_section(plan: ReportPlan, key: str, i: int, results: dict, timing: dict, d: Path | None, say,
+                 t0: float, budget: float) -> None:
+    """Run one section, recording failure, absence or a spent time budget instead of raising."""
+    from . import sections as S
+
+    sec = Section(key)
+    t = time.perf_counter()
+    if key in plan.skip:
+        sec.status, sec.reason = "skipped", "skipped on request"
+    elif t - t0 > budget:
+        sec.status = "skipped"
+        sec.reason = "the time budget was used up before this section started (raise --time-budget)"
+    else:
+        say(f"[{i + 1}/{len(SECTIONS)}] {key.replace('_', '-')} ...")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    S.RUNNERS[key](plan, sec, d, results)
+                finally:
+                    sec.notes.extend(n for n in _notes(caught) if n not in sec.notes)
+        except ImportError as exc:
+            why = _unavailable(exc)
+            if why is None:
+                sec.status, sec.reason = "failed", _reason(exc)
+            else:
+                sec.status, sec.reason = "unavailable", why
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing section is recorded and shown, not fatal
+            sec.status, sec.reason = "failed", _reason(exc)  # numbers computed before the failure are kept
+    timing[key] = round(time.perf_counter() - t, 3)
+    if sec.status != "skipped" or key not in plan.skip:
+        say(f"      {key.replace('_', '-')}: {sec.status} ({timing[key]:.1f} s)")
+    results["sections"][key] = sec.to_dict()
+
+
+def _notes(caught) -> list[str]:
+    """Warnings raised inside a section, once each, as text for the report (instead of stderr)."""
+    out: list[str] = []
+    for w in caught:
+        text = f"{w.category.__name__}: {' '.join(str(w.message).split())}"
+        if text not in out:
+            out.append(text)
+    return out
+
+
+@contextmanager
+def _retracing_notes_off():
+    """Silence TensorFlow's "triggered tf.function retracing" notes while the report runs.
+
+    The report evaluates the same model on a few batch shapes (the whole data, probe sets, single examples),
+    each traced once by design; TensorFlow's heuristic would otherwise warn about it on every run.
+    """
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def _printer(quiet: bool) -> Callable[[str], None]:
+    if quiet:
+        return lambda msg: None
+    import sys
+
+    def say(msg: str) -> None:
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+    return say
+
+
+def _model_summary(plan: ReportPlan) -> dict[str, Any]:
+    from ..io.signature import signature
+
+    sig = signature(plan.model)
+    space = plan.space
+    return {"name": plan.model.name, "num_parameters": int(space.size), "num_variables": len(space.names),
+            "num_layers_with_parameters": len(_layers(space)),
+            "inputs": [{"name": n, "shape": list(s)} for n, s in zip(sig.input_names, sig.input_shapes)],
+            "outputs": [{"name": n, "shape": list(s)} for n, s in zip(sig.output_names, sig.output_shapes)]}
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | None = None, *,
+                 skip: Iterable[str] = (), top_k: int = 3, num_matvecs: int = DEFAULT_NUM_MATVECS, seed: int = 0,
+                 time_budget: float = DEFAULT_TIME_BUDGET, quiet: bool = False,
+                 feature_names: Sequence[str] | None = None, overwrite: bool = False, **options) -> dict[str, Any]:
+    """Gradients, per-example gradient norms, curvature, attributions and a finite-difference check, in one report.
+
+    Sections (each can be skipped by name): ``gradients`` (per-variable and per-layer norms of the dataset
+    loss gradient), ``per-example`` (distribution of per-example gradient norms), ``curvature`` (top-k Hessian
+    eigenvalues by Lanczos, Hutch++ trace overall and per layer, SLQ spectral density, on a probe batch),
+    ``attributions`` (saliency and integrated gradients), ``check`` (autodiff vs float64 central differences).
+
+    Cost: about one gradient pass over the data, ``per_example_examples`` single-example gradients, and
+    ``top_k + 20 + num_matvecs * (1 + layers) + 4 * 30`` Hessian-vector products on ``probe_examples`` examples.
+
+    Args:
+        model: a Keras model or a model file path (loaded safely; ``trust=True`` for formats that run code).
+        data: ``(x, y)``, a ``tf.data.Dataset``, a :class:`~tfpartials.Data` or a data file path.
+        loss: Keras loss name/object/callable; default the model's compiled loss.
+        out_dir: directory to write (``index.html``, ``results.json``, PNGs), created atomically; ``None``
+            computes the results only.
+        skip: section names to leave out (``"curvature"``/``"spectrum"``, ``"per-example"``, ...).
+        top_k: number of top Hessian eigenvalues.
+        num_matvecs: Hutch++ matvecs for each trace estimate.
+        seed: seed of every randomised estimator (same seed, same numbers).
+        time_budget: seconds; sections not started within it are skipped (and say so).
+        quiet: no progress output.
+        feature_names: names of tabular input features (default: the CSV header).
+        overwrite: replace an existing ``out_dir``.
+        **options: ``batch_size``, ``max_examples``, ``probe_examples``, ``per_example_examples``, ``wrt``,
+            ``precision``, ``from_logits``, ``target`` (CSV columns), ``allow_nan``, ``trust``, ``title``.
+
+    Returns:
+        The results dict (as written to ``results.json``).
+
+    Example:
+        >>> results = build_report(model, (x, y), "mse", "report", skip=["check"])   # doctest: +SKIP
+        >>> results["summary"]["top_eigenvalue"]                                      # doctest: +SKIP
+    """
+    from .writers import atomic_directory, check_output_path
+
+    if out_dir is not None:
+        check_output_path(out_dir, overwrite, directory=True)
+    plan = plan_report(model, data, loss, skip=skip, top_k=top_k, num_matvecs=num_matvecs, seed=seed,
+                       time_budget=time_budget, feature_names=feature_names, quiet=quiet, **options)
+    if out_dir is None:
+        return run_plan(plan, None)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        results = run_plan(plan, tmp)
+        normal_permissions(tmp)
+    return results
+
+
+def normal_permissions(directory: str | os.PathLike) -> None:
+    """Give a report directory built from temporary files the usual modes (0777/0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root = Path(directory)
+    os.chmod(root, 0o777 & ~umask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
