@@ -104,7 +104,7 @@ def _per_example_rows(repeat: int) -> list[dict]:
     model = _mlp(D_IN, HIDDEN, CLASSES)
     x = np.random.default_rng(0).normal(size=(BATCH, D_IN)).astype("float32")
     ours = input_jacobian(model, x, quiet=True)
-    t_ours = best_time(lambda: input_jacobian(model, x, quiet=True), repeat=repeat)
+    t_ours = best_time(lambda: input_jacobian(model, x, quiet=True), repeat=3 * repeat)  # cheap: more repeats
     loop = _loop_jacobian(model)
     ref = loop(x)
     err = float(np.max(np.abs(ours - ref)))
@@ -115,7 +115,7 @@ def _per_example_rows(repeat: int) -> list[dict]:
                 max_abs_difference=err)]
     bj = _batch_jacobian(model)
     bj(x)
-    t_bj = best_time(lambda: bj(x), repeat=repeat)
+    t_bj = best_time(lambda: bj(x), repeat=3 * repeat)
     rows.append(row(BENCH, f"per-example Jacobian, {case}: vs tf batch_jacobian", t_ours, "s",
                     "tf.GradientTape.batch_jacobian (compiled)", t_bj, None, None))
     if peers()["torch"]:
@@ -166,8 +166,8 @@ def _chunk_rows(repeat: int) -> list[dict]:
     chunks = plan_chunks(BATCH * CLASSES, per_row, budget=budget, fixed=result).num_chunks
     full = input_jacobian(model, x, quiet=True)
     chunked = input_jacobian(model, x, max_memory=budget, quiet=True)
-    t_full = best_time(lambda: input_jacobian(model, x, quiet=True), repeat=repeat)
-    t_chunked = best_time(lambda: input_jacobian(model, x, max_memory=budget, quiet=True), repeat=repeat)
+    t_full = best_time(lambda: input_jacobian(model, x, quiet=True), repeat=3 * repeat)
+    t_chunked = best_time(lambda: input_jacobian(model, x, max_memory=budget, quiet=True), repeat=3 * repeat)
     return [row(BENCH, f"Jacobian MLP {D_IN}-{HIDDEN}-{CLASSES}, batch {BATCH}: {chunks} chunks vs one", t_chunked,
                 "s", "unchunked", t_full, "within 1.5x of unchunked", t_chunked / t_full <= 1.5,
                 max_abs_difference=float(np.max(np.abs(full - chunked))))]

@@ -64,7 +64,7 @@ def run(quick: bool = False) -> list[dict]:
     )
 
     model, x, y = _problem(quick)
-    op = HessianOperator(model, (x, y), loss="sparse_categorical_crossentropy", precision="float64",
+    op = HessianOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, precision="float64",
                          batch_size=len(x))
     n = op.n
     t0 = time.perf_counter()

@@ -167,3 +167,46 @@ def spd_eigenvalues(h):
     """
     lower = np.linalg.cholesky(np.asarray(h, np.float64))
     return jacobi_singular_values(lower.T) ** 2
+
+
+def nested_tape_hvp(model, x, y, loss_fn, v, dtype=tf.float64):
+    """Hessian-vector product H v by reverse-over-reverse nested tapes (the gradient of g . v), flat (n,)."""
+    clone = float64_clone(model) if dtype == tf.float64 else model
+    tv = clone.trainable_variables
+    xs = tf.constant(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else tf.constant(x)
+    parts, start = [], 0
+    for var in tv:
+        size = int(np.prod(var.shape))
+        parts.append(tf.constant(np.reshape(np.asarray(v, np.float64)[start:start + size], var.shape), dtype))
+        start += size
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            loss = loss_fn(y, clone(xs, training=False))
+        grads = inner.gradient(loss, tv)
+        dot = tf.add_n([tf.reduce_sum(tf.convert_to_tensor(g) * p) for g, p in zip(grads, parts)])
+    hv = outer.gradient(dot, tv)
+    return np.concatenate([np.zeros(int(np.prod(var.shape))) if h is None else tf.convert_to_tensor(h).numpy().ravel()
+                           for h, var in zip(hv, tv)])
+
+
+def output_jacobians_loop(model, x):
+    """Per-example Jacobians of the (flattened) outputs w.r.t. all trainable variables, float64, (N, C, n).
+
+    One GradientTape gradient per example and output unit on a float64 clone (no vectorisation).
+    """
+    clone = float64_clone(model)
+    tv = clone.trainable_variables
+    floating = np.issubdtype(np.asarray(x).dtype, np.floating)
+    out = []
+    for i in range(len(x)):
+        xi = tf.constant(np.asarray(x[i:i + 1], np.float64)) if floating else tf.constant(x[i:i + 1])
+        with tf.GradientTape(persistent=True) as tape:
+            units = tf.unstack(tf.reshape(clone(xi, training=False), [-1]))
+        rows = []
+        for unit in units:
+            grads = tape.gradient(unit, tv)
+            rows.append(np.concatenate([np.zeros(int(np.prod(v.shape))) if g is None else
+                                        tf.convert_to_tensor(g).numpy().ravel() for g, v in zip(grads, tv)]))
+        del tape
+        out.append(np.stack(rows))
+    return np.stack(out)

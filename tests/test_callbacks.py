@@ -63,6 +63,7 @@ def test_gradient_monitor_fit_writes_tensorboard_and_logs(tmp_path):
     assert set(scalars) == {f"grad_{q}/{layer}" for q in ("norm", "variance", "snr") for layer in ("h1", "out")} \
         | {"grad_norm", "grad_snr"}
     assert all([s for s, _ in rows] == [3, 6] for rows in scalars.values())
+    assert mon._state[1].trace_counts == {"per_example_vectorized": 1}  # compiled once, reused every epoch
     ref = _layer_stats_reference(model, *probe)  # final weights = those of the last record
     for layer, (norm, var, snr) in ref.items():
         np.testing.assert_allclose(scalars[f"grad_norm/{layer}"][-1][1], norm, rtol=1e-4)
@@ -82,10 +83,12 @@ def test_callbacks_do_not_mutate_the_model_and_use_the_compiled_loss():
     model, x, y = M.regression_mlp(n=12)
     model.compile(optimizer="adam", loss="mae")
     before = [v.numpy().copy() for v in model.variables]
-    mon = GradientMonitor((x, y))
-    mon.set_model(model)
+    mon, curv = GradientMonitor((x, y)), CurvatureMonitor((x, y), trace_matvecs=6)
     logs: dict = {}
-    mon.on_epoch_end(0, logs)
+    for cb in (mon, curv):
+        cb.set_model(model)
+        cb.on_epoch_end(0, logs)
+    assert {"grad_norm/out", "hessian/top_eigenvalue", "hessian/trace"} <= set(logs)
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.variables))
     assert not model.optimizer.built or int(model.optimizer.iterations.numpy()) == 0
     # compiled loss (MAE), not MSE: the mean gradient equals a plain tape of keras' MAE

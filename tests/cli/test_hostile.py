@@ -7,12 +7,10 @@ and no code from the file executed (the malicious files try to create a marker f
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import subprocess
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -451,11 +449,7 @@ _TF_NOISE = re.compile(r"oneDNN|I0000|W0000|E0000|cuda|absl|tensorflow/core|WARN
 def test_real_entry_point_one_line_no_noise(files, tmp_path):
     """The installed entry ``python -m tfpartials.cli.main``: stderr is one line, no traceback, no TF noise."""
     c = Ctx(files, tmp_path, tmp_path / "MARKER", tmp_path / "g.npz")
-    runs = {
-        "lambda": (_grad(c.evil_keras(), files.lin_npz), r"holds Python bytecode"),
-        "truncated": (c_truncated_zip(c), r"not a valid zip"),
-        "nan": (c_nan_inputs(c), r"NaN/Inf"),
-    }
+    runs = {"lambda": (_grad(c.evil_keras(), files.lin_npz), r"holds Python bytecode")}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}   # even with TensorFlow's own logging fully on
     procs = {k: subprocess.Popen([sys.executable, "-m", "tfpartials.cli.main", *map(str, argv), "--out",
                                   str(c.out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

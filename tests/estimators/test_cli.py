@@ -75,6 +75,7 @@ def test_default_is_top_eigenvalues_and_wrt_selects_a_block(files, tmp_path, cap
     (["--seed", "-3"], "--seed: expected a non-negative integer"),
     (["--plot", "d.pdf"], "--plot: expected a .png file name"),
     (["--tol", "0"], "--tol: expected a number > 0"),
+    (["--max-matvecs", "0"], "--max-matvecs: expected a positive integer"),
     (["--operator", "jacobian"], "invalid choice: 'jacobian'"),
     (["--top-k", "two"], "invalid int value: 'two'"),
     (["--wrt", "nope/*"], "wrt: no trainable variable matches 'nope/\\*'"),
@@ -102,3 +103,14 @@ def test_existing_output_is_refused_before_work(files, tmp_path, capsys):
     assert _main(["spectrum", d / "m.keras", "--data", d / "d.npz", "--out", out]) == 2
     assert "already exists" in capsys.readouterr().err
     assert out.read_text() == "{}"
+
+
+def test_not_converged_is_a_one_line_note_and_recorded(files, tmp_path, capsys):
+    d, _ = files
+    out = tmp_path / "s.json"
+    assert _main(["spectrum", d / "m.keras", "--data", d / "d.npz", "--from-logits", "--max-matvecs", "2",
+                  "--top-k", "2", "--out", out, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did not reach --tol" in err
+    res = json.loads(out.read_text())
+    assert res["eigen"]["converged"] is False and res["eigen"]["num_matvecs"] == 2

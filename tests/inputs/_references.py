@@ -73,14 +73,16 @@ def tape_input_hessian(model, x, component: int) -> np.ndarray:
     out = []
     for b in range(len(x)):
         xb = tf.constant(np.asarray(x[b:b + 1], np.float64))
-        with tf.GradientTape() as outer:
+        with tf.GradientTape(persistent=True) as outer:
             outer.watch(xb)
             with tf.GradientTape() as inner:
                 inner.watch(xb)
                 y = tf.reshape(clone(xb, training=False), [-1])[component]
             g = tf.reshape(inner.gradient(y, xb), [-1])
-        H = outer.jacobian(g, xb, unconnected_gradients="zero").numpy()
-        out.append(H.reshape(g.shape[0], -1))
+            entries = [g[i] for i in range(int(g.shape[0]))]
+        out.append(np.stack([outer.gradient(e, xb, unconnected_gradients="zero").numpy().ravel()
+                             for e in entries]))
+        del outer
     return np.stack(out)
 
 

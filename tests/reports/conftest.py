@@ -16,7 +16,8 @@ def tabular_case(tmp_path_factory):
     model, x, y = M.regression_mlp(n=48)
     out = tmp_path_factory.mktemp("tabular") / "report"
     results = build_report(model, (x, y), "mse", out, seed=3, num_matvecs=9, top_k=2, quiet=True,
-                           feature_names=["alpha", "beta", "gamma"], probe_examples=32, per_example_examples=40)
+                           feature_names=["alpha", "beta", "gamma"], probe_examples=32, per_example_examples=40,
+                           density_probes=2, density_steps=12, check_examples=16, check_directions=2)
     return model, x, y, out, results
 
 
@@ -28,7 +29,8 @@ def image_case(tmp_path_factory):
     model, x, y = M.small_cnn(n=24)
     out = tmp_path_factory.mktemp("image") / "report"
     results = build_report(model, (x, y), "sparse_categorical_crossentropy", out, from_logits=True, seed=0,
-                           num_matvecs=12, quiet=True)
+                           num_matvecs=12, quiet=True, density_probes=2, density_steps=12, check_examples=8,
+                           check_directions=2)
     return model, x, y, out, results
 
 

@@ -96,7 +96,8 @@ def test_same_seed_same_numbers(tmp_path):
     from tfpartials.reports.run import build_report
 
     model, x, y = M.regression_mlp(n=40)
-    kw = dict(seed=5, num_matvecs=9, quiet=True, probe_examples=24, per_example_examples=24)
+    kw = dict(seed=5, num_matvecs=9, quiet=True, probe_examples=24, per_example_examples=24, density_probes=2,
+              density_steps=8, check_examples=8, check_directions=2)
     build_report(model, (x, y), "mse", tmp_path / "a", **kw)
     build_report(model, (x, y), "mse", tmp_path / "b", **kw)
     a = json.loads((tmp_path / "a" / "results.json").read_text())

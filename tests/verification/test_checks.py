@@ -45,7 +45,7 @@ def test_all_checks_pass_on_the_test_models(case, precision):
     builder, loss, logits = CASES[case]
     model, x, y = builder()
     weights = [v.numpy().copy() for v in model.variables]
-    report = check(model, (x, y), loss=loss, from_logits=logits, precision=precision, directions=2)
+    report = check(model, (x, y), loss=loss, from_logits=logits, precision=precision, directions=2, full=False)
     assert isinstance(report, CheckReport)
     assert report.passed, [r.summary() for r in report.results]
     assert [r.name for r in report.results] == ["gradients", "hvp", "jacobian"]
@@ -181,6 +181,10 @@ def test_hvp_check_passes_when_available():
         return
     assert result.passed and result.max_rel_error < 1e-3
     assert result.directions["all"].shape == (2, tp.ParameterSpace(model).size)
+    lin, lx, ly = M.linear_regression()  # full mode: the whole Hessian 2 Z^T Z / N, column by column
+    full = check_hvp(lin, (lx, ly), loss="mse", precision="float64")
+    assert full.passed and full.directions == "all coordinates" and full.num_evaluations == 2 * 5
+    assert full.max_rel_error < 1e-8
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [

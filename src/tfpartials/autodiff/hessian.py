@@ -24,7 +24,7 @@ from .._backend import keras, tf
 from .._checks import InputError, check_choice, check_positive_int, format_bytes, parse_size
 from .._memory import DEFAULT_DENSE_LIMIT, plan_chunks, require_fits
 from .._progress import progress
-from ..io.data import DEFAULT_BATCH_SIZE
+from ..io.data import DEFAULT_BATCH_SIZE, Data
 from ..params import ParameterSpace
 from .hvp import METHODS, Method, batch_hvp_kernel
 from .objective import Objective
@@ -111,6 +111,17 @@ def hessian_memory(n: int, itemsize: int, batch_size: int, activations: int) -> 
     return matrix, per_column, fixed
 
 
+def _batch_guess(data, batch_size: int | None) -> int:
+    """The batch size the data will be served in, as far as it is known before reading it."""
+    if batch_size is not None:
+        return batch_size
+    if isinstance(data, Data):
+        return data.batch_size
+    if isinstance(data, tuple) and data and hasattr(data[0], "shape") and len(getattr(data[0], "shape", ())) > 0:
+        return max(1, min(DEFAULT_BATCH_SIZE, int(data[0].shape[0] or DEFAULT_BATCH_SIZE)))
+    return DEFAULT_BATCH_SIZE
+
+
 def _groups(sizes: Sequence[int], chunk: int) -> list[list[int]]:
     """Consecutive variables grouped in model order; one smaller than a chunk joins the group before it."""
     groups: list[list[int]] = []
@@ -172,7 +183,7 @@ def hessian(model, data, loss: Any = None, wrt=None, *, max_memory: str | int | 
         itemsize = {"float64": 8, "float32": 4}.get(precision or "", space.dtype.size)
     n = space.size
     activations = _activation_elements(keras_model)
-    matrix_bytes, per_column, fixed = hessian_memory(n, itemsize, batch_size or DEFAULT_BATCH_SIZE, activations)
+    matrix_bytes, per_column, fixed = hessian_memory(n, itemsize, _batch_guess(data, batch_size), activations)
     require_fits(fixed + per_column, budget,
                  f"the dense Hessian of {n:,} parameters ({format_bytes(matrix_bytes)} for the {n:,} x {n:,} "
                  "matrix plus working space)", _ALTERNATIVE)

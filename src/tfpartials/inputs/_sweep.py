@@ -43,7 +43,7 @@ class Candidate(NamedTuple):
 
 
 class Step:
-    """A compiled per-chunk computation ``(x, others, per_example, directions) -> (directions, examples, ...)``.
+    """A compiled per-chunk computation ``(x, others, per_example, directions) -> (examples, directions, ...)``.
 
     Several implementations of the same numbers, tried in order when first traced: typically
     ``tf.vectorized_map`` over the directions (the model's forward and backward passes run once per example;

@@ -61,18 +61,19 @@ def density_figure(density: Any, eigenvalues: Sequence[float] | None = None, *, 
         ax.plot(grid, values, color=_LINE, lw=1.5, label="density (SLQ)")
         ax.set_ylim(0, top * 1.05)
     eig = [] if eigenvalues is None else [float(e) for e in np.asarray(eigenvalues, np.float64).reshape(-1)]
+    shown = ", ".join(f"{e:.4g}" for e in eig[:5]) + (", ..." if len(eig) > 5 else "")
     for i, e in enumerate(eig):
-        ax.axvline(e, color=_MARK, ls="--", lw=1.0, label="top eigenvalues" if i == 0 else None)
-        ax.annotate(f"λ{i + 1} = {e:.4g}", xy=(e, 0.97 - 0.06 * (i % 8)), xycoords=("data", "axes fraction"),
-                    ha="right", va="top", fontsize=8, color=_MARK, rotation=0)
+        ax.axvline(e, color=_MARK, ls="--", lw=1.0, label=f"top eigenvalues: {shown}" if i == 0 else None)
+        ax.annotate(f"λ{i + 1}", xy=(e, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8, color=_MARK)
     if eig:
         lo, hi = min(grid[0], min(eig)), max(grid[-1], max(eig))
         pad = 0.02 * (hi - lo if hi > lo else 1.0)
         ax.set_xlim(lo - pad, hi + pad)
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
-    ax.set_title(title or "Eigenvalue density")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set_title(title or "Eigenvalue density", pad=14 if eig else 6)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     return fig
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import InputError, check_positive_float, check_positive_int, check_seed
+from .._checks import InputError, check_choice, check_positive_float, check_positive_int, check_seed
 from .records import REPORT_FORMAT, SECTIONS, Section, canonical_section, now_iso
 
 __all__ = ["build_report", "plan_report", "run_plan", "ReportPlan", "DEFAULT_NUM_MATVECS", "DEFAULT_TIME_BUDGET",
@@ -37,7 +37,8 @@ DEFAULT_NUM_MATVECS = 60       # Hutch++ matvecs for the trace (each layer's tra
 DEFAULT_TIME_BUDGET = 600.0    # seconds; sections not started by then are skipped
 DEFAULT_PROBE_EXAMPLES = 256   # examples in the curvature probe batch
 DEFAULT_PER_EXAMPLE = 512      # examples whose individual gradients are measured
-DENSITY_PROBES, DENSITY_STEPS = 4, 30
+DENSITY_PROBES, DENSITY_STEPS = 4, 30   # SLQ: probes x Lanczos steps
+CHECK_EXAMPLES, CHECK_DIRECTIONS = 32, 4  # finite-difference check: examples, seeded directions
 IG_STEPS = 32
 
 _SEED_OFFSETS = {"gradients": 0, "per_example": 1, "curvature": 2, "attributions": 3, "check": 4}
@@ -121,8 +122,16 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
                 probe_examples: int = DEFAULT_PROBE_EXAMPLES, per_example_examples: int = DEFAULT_PER_EXAMPLE,
                 wrt=None, precision: str | None = None, from_logits: bool | None = None, target=None,
                 allow_nan: bool = False, trust: bool = False, feature_names: Sequence[str] | None = None,
-                title: str | None = None, quiet: bool = False) -> ReportPlan:
-    """Check every input and option (cheaply) and return the plan; InputError on anything wrong."""
+                title: str | None = None, quiet: bool = False, density_probes: int = DENSITY_PROBES,
+                density_steps: int = DENSITY_STEPS, check_examples: int = CHECK_EXAMPLES,
+                check_directions: int = CHECK_DIRECTIONS,
+                check_what: Sequence[str] = ("gradients", "hvp", "jacobian")) -> ReportPlan:
+    """Check every input and option (cheaply) and return the plan; InputError on anything wrong.
+
+    Options are those of :func:`build_report`; ``density_probes`` and ``density_steps`` size the SLQ density
+    (probes x Lanczos steps matvecs), ``check_examples``, ``check_directions`` and ``check_what`` (any of
+    ``"gradients"``, ``"hvp"``, ``"jacobian"``) the finite-difference check.
+    """
     from .._backend import keras
     from ..autodiff.problem import prepare
     from ..io.models import load_model
@@ -133,6 +142,15 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
     seed = check_seed(seed)
     time_budget = check_positive_float("time_budget", time_budget)
     probe_examples = check_positive_int("probe_examples", probe_examples)
+    density_probes = check_positive_int("density_probes", density_probes)
+    density_steps = check_positive_int("density_steps", density_steps)
+    check_examples = check_positive_int("check_examples", check_examples)
+    check_directions = check_positive_int("check_directions", check_directions)
+    check_what = [check_what] if isinstance(check_what, str) else list(check_what)
+    for w in check_what:
+        check_choice("check_what", w, ("gradients", "hvp", "jacobian"))
+    if not check_what:
+        raise InputError("check_what: expected at least one of 'gradients', 'hvp', 'jacobian'")
     per_example_examples = check_positive_int("per_example_examples", per_example_examples)
     if max_examples is not None:
         max_examples = check_positive_int("max_examples", max_examples)
@@ -180,7 +198,9 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
                 "per_example_examples": min(per_example_examples, d.num_examples),
                 "wrt": None if wrt is None else ([wrt] if isinstance(wrt, str) else list(wrt)),
                 "precision": precision or obj.dtype.name, "loss": obj.loss.name,
-                "density_probes": DENSITY_PROBES, "density_lanczos_steps": DENSITY_STEPS,
+                "density_probes": density_probes, "density_lanczos_steps": density_steps,
+                "check_examples": min(check_examples, d.num_examples), "check_directions": check_directions,
+                "check_what": check_what,
                 "integrated_gradients_steps": IG_STEPS}
     return ReportPlan(model=obj.model, objective=obj, data=d, settings=settings, skip=skipped,
                       title=title or f"tfpartials report: {model.name}", kind=kind,
@@ -314,9 +334,15 @@ def _run_section(plan: ReportPlan, key: str, i: int, results: dict, timing: dict
 
 
 def _notes(caught) -> list[str]:
-    """Warnings raised inside a section, once each, as text for the report (instead of stderr)."""
+    """User and runtime warnings raised inside a section, once each, as text for the report (not stderr).
+
+    Other categories (deprecation, resource and import warnings) concern the environment, not the numbers,
+    and are dropped.
+    """
     out: list[str] = []
     for w in caught:
+        if not issubclass(w.category, UserWarning | RuntimeWarning):
+            continue
         text = f"{w.category.__name__}: {' '.join(str(w.message).split())}"
         if text not in out:
             out.append(text)
@@ -394,7 +420,8 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
         feature_names: names of tabular input features (default: the CSV header).
         overwrite: replace an existing ``out_dir``.
         **options: ``batch_size``, ``max_examples``, ``probe_examples``, ``per_example_examples``, ``wrt``,
-            ``precision``, ``from_logits``, ``target`` (CSV columns), ``allow_nan``, ``trust``, ``title``.
+            ``precision``, ``from_logits``, ``target`` (CSV columns), ``allow_nan``, ``trust``, ``title``,
+            ``density_probes``, ``density_steps``, ``check_examples``, ``check_directions``, ``check_what``.
 
     Returns:
         The results dict (as written to ``results.json``).

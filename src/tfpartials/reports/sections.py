@@ -15,11 +15,10 @@ import numpy as np
 
 from .records import Section
 
-__all__ = ["RUNNERS", "ATTRIBUTED_IMAGES", "ATTRIBUTED_ROWS", "CHECK_EXAMPLES"]
+__all__ = ["RUNNERS", "ATTRIBUTED_IMAGES", "ATTRIBUTED_ROWS"]
 
 ATTRIBUTED_IMAGES = 4   # images shown with their saliency and integrated-gradients maps
 ATTRIBUTED_ROWS = 256   # tabular rows whose attributions are averaged per feature
-CHECK_EXAMPLES = 32     # examples in the finite-difference check
 
 
 def _f(x) -> float:
@@ -118,7 +117,7 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     s = plan.settings
     probe = plan.subset(s["probe_examples"])
     model, loss, wrt = plan.objective.model, plan.loss, s["wrt"]
-    op = HessianOperator(model, probe, loss=loss, wrt=wrt)
+    op = _one_column_at_a_time(HessianOperator(model, probe, loss=loss, wrt=wrt))
     n = int(op.n)
     eig = _top(op, n, int(s["top_k"]), plan.seed("curvature"), top_eigenvalues, plan.quiet)
     eigenvalues = eig["eigenvalues"]
@@ -158,6 +157,29 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
         sec.plots.append({"file": "spectrum.png",
                           "caption": "Hessian spectral density by stochastic Lanczos quadrature (smoothed), "
                                      "with the top eigenvalues from Lanczos marked."})
+
+
+def _one_column_at_a_time(op):
+    """``op`` with every product taken one column at a time.
+
+    The estimators multiply blocks of different widths (Lanczos one vector, Hutch++ a sketch, then the sketch
+    and the probes together); a compiled Hessian-vector product is traced once per width, and on a small
+    model a trace costs far more than the products. One width means one trace for the whole section.
+    """
+    from .._backend import tf
+    from ..linalg.operator import LinearOperator
+
+    class OneColumn(LinearOperator):
+        def __init__(self, parent):
+            super().__init__(parent.n, parent.dtype, symmetric=parent.symmetric, psd=parent.psd,
+                             space=parent.space)
+            self.parent = parent
+
+        def _matmat(self, V):
+            cols = [self.parent.matmat(V[:, j:j + 1]) for j in range(int(V.shape[1]))]
+            return tf.concat(cols, axis=1) if cols else tf.zeros_like(V)
+
+    return OneColumn(op)
 
 
 def _top(op, n: int, k: int, seed: int, top_eigenvalues, quiet: bool) -> dict[str, Any]:
@@ -266,9 +288,11 @@ def check(plan, sec: Section, directory: Path | None, results: dict) -> None:
     """
     from ..verification.checks import check as fd_check
 
-    data = plan.subset(CHECK_EXAMPLES)
+    data = plan.subset(plan.settings["check_examples"])
     report = fd_check(plan.objective.model, data, loss=plan.loss, wrt=plan.settings["wrt"],
-                      seed=plan.seed("check"), jacobian_examples=8)
+                      what=plan.settings["check_what"], seed=plan.seed("check"),
+                      directions=plan.settings["check_directions"],
+                      jacobian_examples=8)
     rows = []
     for r in report.results:
         rows.append({"check": str(r.name), "passed": bool(r.passed), "max_abs_error": _f(r.max_abs_error),

@@ -16,7 +16,12 @@ Default tolerances, by the dtype of the autodiff side (the reference is always f
     float32   rtol 1e-3   atol 1e-5     (float32 round-off accumulated over the data and the layers)
     16-bit    rtol 5e-2   atol 1e-3
 
-A factor-of-two or sign error gives a relative error of 0.5 or 2, far above any of them.
+A gradient off by a factor of two or by its sign gives a relative error of 1 or 2, far above any of them.
+
+The HVP check differences float64 *autodiff gradients* (the gradient check has verified them), so it checks
+that ``H v`` is the derivative of the gradient the library computes; the input-Jacobian check differences the
+float64 model outputs directly. Steps: ``h = eps^(1/3) * max(1, |theta|_inf)`` (per coordinate in full mode),
+see :mod:`.finite_differences`.
 
 Directions: fast mode (the default for more than 128 parameters, like torch's fast gradcheck) draws
 ``directions`` seeded Gaussian unit vectors per variable and compares ``<grad f, d>`` with
@@ -26,21 +31,19 @@ every coordinate. Reference: the "fast gradcheck" of PyTorch (``torch.autograd.g
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from .._backend import keras, tf
-from .._checks import InputError, check_choice, check_positive_float, check_positive_int, check_seed
+from .._checks import InputError, check_choice, check_positive_int
 from ..autodiff.objective import Objective
 from ..autodiff.problem import prepare
 from ..autodiff.risk import accumulate
 from ..io.data import Data
-from ..io.precision import float64_copy
 from .diagnostics import (
     Diagnostics,
     GradientCut,
@@ -52,159 +55,27 @@ from .diagnostics import (
 from .finite_differences import (
     FiniteDifferenceObjective,
     Rows,
-    input_difference,
     relative_step,
     unit_directions,
     variable_directions,
 )
+from .input_checks import check_input_jacobian, jacobian_check
+from .results import (
+    ALL_COORDINATES,
+    CHECKS,
+    FULL_AUTO_LIMIT,
+    CheckReport,
+    CheckResult,
+    Comparison,
+    default_tolerances,
+    make_result,
+    resolve_tolerances,
+    skipped_result,
+    validate_options,
+)
 
 __all__ = ["CheckResult", "CheckReport", "check_gradients", "check_hvp", "check_input_jacobian", "check",
            "default_tolerances", "FULL_AUTO_LIMIT", "CHECKS"]
-
-FULL_AUTO_LIMIT = 128  # full (every-coordinate) mode by default up to this many coordinates
-CHECKS = ("gradients", "hvp", "jacobian")
-_TOLERANCES = {"float64": (1e-6, 1e-9), "float32": (1e-3, 1e-5), "half": (5e-2, 1e-3)}
-ALL_COORDINATES = "all coordinates"
-
-
-def default_tolerances(dtype) -> tuple[float, float]:
-    """``(rtol, atol)`` for autodiff in ``dtype`` against float64 finite differences (module docstring)."""
-    name = tf.as_dtype(dtype).name
-    if name == "float64":
-        return _TOLERANCES["float64"]
-    if name == "float32":
-        return _TOLERANCES["float32"]
-    return _TOLERANCES["half"]
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of one derivative check.
-
-    Attributes:
-        name: ``"gradients"``, ``"hvp"`` or ``"jacobian"``.
-        passed: every block within tolerance, no ``None`` gradient and no NaN/Inf (True when skipped).
-        max_abs_error: largest ``|autodiff - finite difference|``.
-        max_rel_error: largest blockwise relative error (module docstring).
-        worst_variable: the variable (or output component) with the largest error relative to its tolerance.
-        directions: the seeded unit directions used, ``{block: (k, size) array}``, or ``"all coordinates"``.
-        num_evaluations: float64 function (or gradient) evaluations spent on finite differences.
-        details: per-block errors, tolerances, step, dtypes and any ``None`` gradients or NaN/Inf found.
-        skipped: why the check did not run (e.g. an integer input), else None.
-    """
-
-    name: str
-    passed: bool
-    max_abs_error: float
-    max_rel_error: float
-    worst_variable: str | None
-    directions: Any
-    num_evaluations: int
-    details: dict = field(default_factory=dict)
-    skipped: str | None = None
-
-    def summary(self) -> str:
-        """One line for people."""
-        if self.skipped:
-            return f"{self.name}: skipped ({self.skipped})"
-        verdict = "passed" if self.passed else "FAILED"
-        return (f"{self.name}: {verdict} (max abs error {self.max_abs_error:.3g}, max rel error "
-                f"{self.max_rel_error:.3g}, worst {self.worst_variable})")
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """All checks run by :func:`check`, and what the diagnostics found."""
-
-    results: tuple[CheckResult, ...]
-    diagnostics: Diagnostics = field(default_factory=Diagnostics)
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results)
-
-    def __getitem__(self, name: str) -> CheckResult:
-        for r in self.results:
-            if r.name == name:
-                return r
-        raise KeyError(f"no check named {name!r}; ran {', '.join(r.name for r in self.results)}")
-
-    def to_dict(self) -> dict:
-        """Plain data for JSON (directions are summarised by their shapes)."""
-        return {"passed": self.passed,
-                "results": [_result_dict(r) for r in self.results],
-                "diagnostics": asdict(self.diagnostics)}
-
-
-def _result_dict(r: CheckResult) -> dict:
-    out = asdict(r)
-    if isinstance(r.directions, dict):
-        out["directions"] = {k: list(np.shape(v)) for k, v in r.directions.items()}
-    return out
-
-
-# --------------------------------------------------------------------------------------------- comparison
-class _Comparison:
-    """Blockwise errors of autodiff against finite differences (see the module docstring)."""
-
-    def __init__(self, rtol: float, atol: float):
-        self.rtol, self.atol = rtol, atol
-        self.blocks: dict[str, tuple[list, list]] = {}
-
-    def add(self, block: str, autodiff, reference) -> None:
-        a, r = self.blocks.setdefault(block, ([], []))
-        a.append(np.ravel(np.asarray(autodiff, np.float64)))
-        r.append(np.ravel(np.asarray(reference, np.float64)))
-
-    def rows(self) -> dict[str, dict]:
-        out = {}
-        for name, (a, r) in self.blocks.items():
-            a, r = np.concatenate(a), np.concatenate(r)
-            err = np.abs(a - r)
-            finite = bool(np.all(np.isfinite(err)))
-            max_abs = float(np.max(err)) if finite and err.size else (0.0 if finite else math.inf)
-            scale = float(np.max(np.abs(r))) if r.size and np.all(np.isfinite(r)) else 0.0
-            bound = self.atol + self.rtol * scale
-            out[name] = {"max_abs_error": max_abs, "scale": scale,
-                         "max_rel_error": max_abs / max(scale, self.atol),
-                         "ratio": max_abs / bound, "passed": finite and max_abs <= bound, "checked": int(a.size)}
-        return out
-
-
-def _tolerances(dtype, rtol, atol) -> tuple[float, float]:
-    d_rtol, d_atol = default_tolerances(dtype)
-    rtol = d_rtol if rtol is None else check_positive_float("rtol", rtol)
-    atol = d_atol if atol is None else check_positive_float("atol", atol, allow_zero=True)
-    return rtol, atol
-
-
-def _result(name: str, comp: _Comparison, directions, evaluations: int, details: dict, *,
-            cuts: Sequence[GradientCut] = (), failure: str | None = None) -> CheckResult:
-    rows = comp.rows()
-    max_abs = max((r["max_abs_error"] for r in rows.values()), default=0.0)
-    max_rel = max((r["max_rel_error"] for r in rows.values()), default=0.0)
-    worst = max(rows, key=lambda k: rows[k]["ratio"]) if rows else None
-    passed = all(r["passed"] for r in rows.values()) and not cuts and failure is None
-    if cuts:
-        worst = cuts[0].variable
-    details = {**details, "rtol": comp.rtol, "atol": comp.atol, "blocks": rows}
-    if cuts:
-        details["gradient_cuts"] = [asdict(c) for c in cuts]
-    if failure:
-        details["failure"] = failure
-    return CheckResult(name, passed, max_abs, max_rel, worst, directions, evaluations, details)
-
-
-def _skipped(name: str, reason: str) -> CheckResult:
-    return CheckResult(name, True, 0.0, 0.0, None, None, 0, {"skipped": reason}, skipped=reason)
-
-
-def _validate(directions, full, seed) -> tuple[int, bool | None, int]:
-    k = check_positive_int("directions", directions)
-    if full is not None and not isinstance(full, bool):
-        raise TypeError(f"full: expected True, False or None, got {full!r}")
-    return k, full, check_seed(seed)
-
 
 _CHUNK = 64  # directions differenced per call
 
@@ -278,7 +149,7 @@ def _context(model, data, loss, wrt, *, batch_size, precision, include_regulariz
 
 def _gradient_check(ctx: _Context, k: int, full: bool | None, seed: int, rtol, atol, eps) -> CheckResult:
     obj, space = ctx.obj, ctx.obj.space
-    rtol, atol = _tolerances(obj.dtype, rtol, atol)
+    rtol, atol = resolve_tolerances(obj.dtype, rtol, atol)
     value, g = ctx.gradient()
     cuts = ctx.failing_cuts
     cut_names = {c.variable for c in cuts}
@@ -290,7 +161,7 @@ def _gradient_check(ctx: _Context, k: int, full: bool | None, seed: int, rtol, a
     theta, start = fd.theta, fd.num_evaluations
     h_rel = relative_step("float64", eps)
     full = space.size <= FULL_AUTO_LIMIT if full is None else full
-    comp = _Comparison(rtol, atol)
+    comp = Comparison(rtol, atol)
     names = [name for name in space.names if name not in cut_names]
     if full:
         directions: Any = ALL_COORDINATES
@@ -315,7 +186,7 @@ def _gradient_check(ctx: _Context, k: int, full: bool | None, seed: int, rtol, a
                "num_parameters": space.size}
     if found is not None:
         details["non_finite"] = asdict(found)
-    return _result("gradients", comp, directions, fd.num_evaluations - start, details, cuts=cuts, failure=failure)
+    return make_result("gradients", comp, directions, fd.num_evaluations - start, details, cuts=cuts, failure=failure)
 
 
 def check_gradients(model, data, loss: Any = None, wrt=None, *, directions: int = 4, full: bool | None = None,
@@ -352,7 +223,7 @@ def check_gradients(model, data, loss: Any = None, wrt=None, *, directions: int 
         >>> tp.check_gradients(m, (x, y), loss="mse").passed
         True
     """
-    k, full, seed = _validate(directions, full, seed)
+    k, full, seed = validate_options(directions, full, seed)
     ctx = _context(model, data, loss, wrt, batch_size=batch_size, precision=precision,
                    include_regularization=include_regularization, reduction=reduction, from_logits=from_logits,
                    unconnected=unconnected)
@@ -386,9 +257,9 @@ def _hvp_method(model) -> str:
 def _hvp_check(ctx: _Context, k: int, full: bool | None, seed: int, rtol, atol, eps) -> CheckResult:
     hvp = _hvp_function()
     if hvp is None:
-        return _skipped("hvp", "Hessian-vector products are not available in this installation")
+        return skipped_result("hvp", "Hessian-vector products are not available in this installation")
     obj, space = ctx.obj, ctx.obj.space
-    rtol, atol = _tolerances(obj.dtype, rtol, atol)
+    rtol, atol = resolve_tolerances(obj.dtype, rtol, atol)
     cuts = ctx.failing_cuts
     fd = ctx.fd
     theta, start = fd.theta, fd.num_evaluations
@@ -402,7 +273,7 @@ def _hvp_check(ctx: _Context, k: int, full: bool | None, seed: int, rtol, atol, 
         vectors = unit_directions(space.size, k, np.random.default_rng(seed))
         directions = {"all": vectors}
         steps = h_rel * max(1.0, float(np.max(np.abs(theta))))
-    comp = _Comparison(rtol, atol)
+    comp = Comparison(rtol, atol)
     failure = None
     steps = np.broadcast_to(np.asarray(steps, np.float64), (len(vectors),))
     width = min(len(vectors), _CHUNK)
@@ -425,7 +296,7 @@ def _hvp_check(ctx: _Context, k: int, full: bool | None, seed: int, rtol, atol, 
     details = {"mode": "coordinates" if full else "directions", "autodiff_dtype": obj.dtype.name,
                "reference_dtype": "float64", "relative_step": h_rel, "num_parameters": space.size,
                "method": "central differences of float64 gradients along each direction"}
-    return _result("hvp", comp, directions, fd.num_evaluations - start, details, cuts=cuts, failure=failure)
+    return make_result("hvp", comp, directions, fd.num_evaluations - start, details, cuts=cuts, failure=failure)
 
 
 def _flat(space, result) -> np.ndarray:
@@ -456,116 +327,11 @@ def check_hvp(model, data, loss: Any = None, wrt=None, *, directions: int = 4, f
         >>> tp.check_hvp(m, (x, y), loss="mse").passed
         True
     """
-    k, full, seed = _validate(directions, full, seed)
+    k, full, seed = validate_options(directions, full, seed)
     ctx = _context(model, data, loss, wrt, batch_size=batch_size, precision=precision,
                    include_regularization=include_regularization, reduction=reduction, from_logits=from_logits,
                    unconnected=unconnected)
     return _hvp_check(ctx, k, full, seed, rtol, atol, eps)
-
-
-# ------------------------------------------------------------------------------------------- input Jacobian
-def _input_arrays(model, x) -> list:
-    from ..io.data import load_data
-
-    data = load_data(list(x) if isinstance(x, tuple) else x, model=model, require_targets=False)
-    return [np.asarray(a) for a in (data.x if isinstance(data.x, list) else [data.x])]
-
-
-def _jacobian_pairs(model, input, output) -> list[tuple[int, int]]:
-    from ..io.signature import signature
-
-    sig = signature(model)
-    ins = range(len(sig.input_names)) if input is None else [sig.input_index(input)]
-    outs = range(len(sig.output_names)) if output is None else [sig.output_index(output)]
-    return [(i, o) for i in ins for o in outs]
-
-
-def check_input_jacobian(model, x, output: int | str | None = None, input: int | str | None = None, *,
-                         directions: int = 4, full: bool | None = None, seed: int = 0, rtol: float | None = None,
-                         atol: float | None = None, eps: float | None = None,
-                         precision: str | None = None) -> CheckResult:
-    """Check the per-example input Jacobian against float64 central differences along input directions.
-
-    ``J_b d`` (:func:`tfpartials.input_jacobian`) against ``(y(x_b + h d) - y(x_b - h d)) / 2h`` on a float64
-    copy, for ``directions`` seeded unit directions in the space of one example (applied to every example) or
-    every input coordinate (``full``; automatic up to 128), for every floating input and every output (or the
-    ones chosen). Integer inputs (token ids) are skipped with the reason. Cost: one Jacobian plus two float64
-    forward passes per direction. Step ``h = eps^(1/3) * max(1, |x|_inf)``.
-
-    Example:
-        >>> import numpy as np, keras, tfpartials as tp
-        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="tanh")])
-        >>> tp.check_input_jacobian(m, np.ones((4, 3), "float32")).passed
-        True
-    """
-    from ..io.precision import with_precision
-
-    k, full, seed = _validate(directions, full, seed)
-    if not hasattr(model, "trainable_variables"):
-        raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
-    work = with_precision(model, precision)
-    return _jacobian_check(model, work, None, x, output, input, k, full, seed, rtol, atol, eps)
-
-
-def _jacobian_check(model, work, model64, x, output, input, k, full, seed, rtol, atol, eps) -> CheckResult:
-    from ..inputs.jacobian import input_jacobian
-    from ..io.signature import signature
-
-    dtype = tf.as_dtype(work.trainable_variables[0].dtype if work.trainable_variables else "float32")
-    rtol, atol = _tolerances(dtype, rtol, atol)
-    sig = signature(model)
-    arrays = _input_arrays(model, x)
-    pairs = _jacobian_pairs(model, input, output)
-    floating = [(i, o) for i, o in pairs if np.issubdtype(_input_dtype(model, i, arrays[i]), np.floating)]
-    if not floating:
-        names = ", ".join(repr(sig.input_names[i]) for i in sorted({i for i, _ in pairs}))
-        kinds = ", ".join(sorted({str(_input_dtype(model, i, arrays[i])) for i, _ in pairs}))
-        return _skipped("jacobian", f"input {names} has integer dtype {kinds} (e.g. token ids): outputs have "
-                                    "no derivative with respect to it")
-    if model64 is None:
-        model64 = work if dtype == tf.float64 else float64_copy(model)
-    h_rel = relative_step("float64", eps)
-    comp = _Comparison(rtol, atol)
-    rng = np.random.default_rng(seed)
-    evaluations, used = 0, {}
-    for i, o in floating:
-        J = input_jacobian(work, arrays if len(arrays) > 1 else arrays[0], output=o, input=i, quiet=True)
-        B = len(arrays[i])
-        in_shape = arrays[i].shape[1:]
-        n_in = int(np.prod(in_shape, dtype=np.int64))
-        J = np.asarray(J, np.float64).reshape(B, -1, n_in)
-        out_shape = tuple(sig.output_shapes[o])
-        use_full = n_in <= FULL_AUTO_LIMIT if full is None else full
-        vectors = np.eye(n_in) if use_full else unit_directions(n_in, k, rng)
-        label = sig.output_names[o] + (f"/d{sig.input_names[i]}" if len(sig.input_names) > 1 else "")
-        used[label] = ALL_COORDINATES if use_full else vectors
-        h = h_rel * max(1.0, float(np.max(np.abs(arrays[i]))))
-        refs = input_difference(model64, arrays, i, o, vectors.reshape(-1, *in_shape), h)  # (k, B, n_out)
-        evaluations += 2 * len(vectors)
-        for v, ref in zip(vectors, refs):
-            jv = J @ v  # (B, n_out)
-            for c in range(jv.shape[1]):
-                comp.add(_component(label, c, out_shape), jv[:, c], ref[:, c])
-    all_coords = all(isinstance(u, str) for u in used.values())
-    details = {"mode": "coordinates" if all_coords else "directions", "autodiff_dtype": dtype.name,
-               "reference_dtype": "float64", "relative_step": h_rel, "num_examples": int(len(arrays[0]))}
-    skipped_inputs = sorted({sig.input_names[i] for i, o in pairs if (i, o) not in floating})
-    if skipped_inputs:
-        details["skipped_inputs"] = skipped_inputs
-    return _result("jacobian", comp, ALL_COORDINATES if all_coords else used, evaluations, details)
-
-
-def _input_dtype(model, i: int, array: np.ndarray):
-    tensors = getattr(model, "inputs", None) or []
-    if len(tensors) > i and getattr(tensors[i], "dtype", None) is not None:
-        return np.dtype(tf.as_dtype(tensors[i].dtype).as_numpy_dtype)
-    return array.dtype
-
-
-def _component(label: str, c: int, out_shape) -> str:
-    if None in out_shape or len(out_shape) <= 1:
-        return f"{label}[{c}]"
-    return f"{label}[{', '.join(str(int(j)) for j in np.unravel_index(c, out_shape))}]"
 
 
 # --------------------------------------------------------------------------------------------------- all
@@ -603,7 +369,7 @@ def check(model, data, loss: Any = None, what: str | Sequence[str] = CHECKS, wrt
         True
     """
     chosen = _parse_what(what)
-    k, full, seed = _validate(directions, full, seed)
+    k, full, seed = validate_options(directions, full, seed)
     jacobian_examples = check_positive_int("jacobian_examples", jacobian_examples)
     ctx = _context(model, data, loss, wrt, batch_size=batch_size, precision=precision,
                    include_regularization=include_regularization, reduction=reduction, from_logits=from_logits,
@@ -616,7 +382,7 @@ def check(model, data, loss: Any = None, what: str | Sequence[str] = CHECKS, wrt
             results.append(_hvp_check(ctx, k, full, seed, rtol, atol, eps))
         else:
             x, _ = ctx.data.first(jacobian_examples)
-            results.append(_jacobian_check(model, ctx.obj.model, ctx.fd.objective.model, x, None, None, k, full,
+            results.append(jacobian_check(model, ctx.obj.model, ctx.fd.objective.model, x, None, None, k, full,
                                            seed, rtol, atol, eps))
     diagnostics = Diagnostics()
     if diagnose:

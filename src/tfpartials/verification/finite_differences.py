@@ -14,13 +14,12 @@ Reference: Nocedal & Wright, "Numerical Optimization", 2nd ed., 2006, section 8.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .._backend import keras, tf
+from .._backend import tf
 from .._checks import InputError, check_positive_float
 from .._memory import plan_chunks
 from ..autodiff.objective import Objective
@@ -32,6 +31,7 @@ __all__ = ["relative_step", "step_size", "unit_directions", "variable_directions
            "central_difference", "input_difference", "Rows"]
 
 _MAX_DIRECTIONS = 32  # directions differenced per compiled call (2 parameter vectors each)
+_PARALLEL = 4  # rows evaluated concurrently inside a call
 
 
 def relative_step(dtype: Any = "float64", eps: float | None = None) -> float:
@@ -108,11 +108,9 @@ class FiniteDifferenceObjective:
         self.theta = self.space.flatten(self.space.values()).numpy().astype(np.float64)
         self.num_evaluations = 0
         self._activations = _activation_bytes(self.objective.model) * self.data.batch_size
-        self._loop = any(isinstance(layer, keras.layers.RNN)
-                         for layer in self.objective.model._flatten_layers(include_self=False))
 
     def _compiled(self, gradient: bool):
-        obj, space, loop = self.objective, self.space, self._loop
+        obj, space = self.objective, self.space
 
         def build():
             def step(params, x, y, mask, scale, regw, stack):
@@ -123,9 +121,9 @@ class FiniteDifferenceObjective:
                         tape.watch(theta)
                         value = obj.batch_value(space.unflatten(theta), x, y, mask, scale, regw)
                     return tape.gradient(value, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                if loop:  # recurrent layers: vectorising their while loops costs more to trace than it saves
-                    return tf.map_fn(one, stack, fn_output_signature=tf.float64)
-                return tf.vectorized_map(one, stack, fallback_to_while_loop=True)
+                # a graph loop over the rows: each row already runs a whole batch, so vectorising across rows
+                # (tf.vectorized_map) saves little time and costs more to trace (far more for recurrent layers)
+                return tf.map_fn(one, stack, fn_output_signature=tf.float64, parallel_iterations=_PARALLEL)
             return step
 
         return obj.function("fd_gradients" if gradient else "fd_values", build)
@@ -133,20 +131,14 @@ class FiniteDifferenceObjective:
     def evaluate(self, thetas: np.ndarray, gradient: bool = False) -> np.ndarray:
         """The float64 dataset objective (``(m,)``) or its gradient (``(m, n)``) at each row of ``thetas``.
 
-        All rows go through one compiled call per batch, vectorised over the rows (``tf.vectorized_map``; a
-        ``tf.map_fn`` loop for recurrent models): Python overhead is paid once per call, not once per evaluation. Cost: ``m`` forward (and backward)
+        All rows go through one compiled call per batch (a ``tf.map_fn`` loop over the rows): Python overhead is
+        paid once per call, not once per evaluation. Cost: ``m`` forward (and backward)
         passes over the data.
         """
         step = self._compiled(gradient)
         thetas = np.atleast_2d(np.asarray(thetas, np.float64))
         self.num_evaluations += len(thetas)
-        logger = tf.get_logger()
-        level = logger.level
-        logger.setLevel(logging.ERROR)  # the vectorizer announces every op it runs in a loop instead
-        try:
-            return accumulate(self.objective, self.data, step, [], tf.constant(thetas), quiet=True).numpy()
-        finally:
-            logger.setLevel(level)
+        return accumulate(self.objective, self.data, step, [], tf.constant(thetas), quiet=True).numpy()
 
     def values(self, thetas: np.ndarray) -> np.ndarray:
         """The float64 dataset objective at each row of ``thetas`` ``(m, n)``: ``(m,)``, exact over the data."""
@@ -161,10 +153,12 @@ class FiniteDifferenceObjective:
         return self.evaluate(theta[None], gradient=True)[0]
 
     def chunk_size(self, count: int, gradient: bool = False) -> int:
-        """Directions differenced per call: at most 32, fewer when the ``2 * chunk`` vectorised evaluations
-        (parameter copies and activations of a batch each) would not fit the memory budget."""
-        per = (6 if gradient else 4) * 8 * max(self.space.size, 1) + (3 if gradient else 1) * self._activations
-        return plan_chunks(max(count, 1), 2 * per, what="finite differences", max_chunk=_MAX_DIRECTIONS).chunk
+        """Directions differenced per call: at most 32, fewer when their ``2 * chunk`` parameter vectors (and
+        results) would not fit the memory budget next to the activations of the rows in flight."""
+        per_direction = 2 * (6 if gradient else 3) * 8 * max(self.space.size, 1)
+        in_flight = _PARALLEL * (3 if gradient else 1) * self._activations
+        return plan_chunks(max(count, 1), per_direction, fixed=in_flight, what="finite differences",
+                           max_chunk=_MAX_DIRECTIONS).chunk
 
     def directional(self, directions, steps, gradient: bool = False) -> np.ndarray:
         """Central differences of the value (or the gradient) along each row of ``directions``.

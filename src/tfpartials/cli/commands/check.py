@@ -76,7 +76,7 @@ def run(args) -> int:
             rows.append([r.name, "passed" if r.passed else "FAILED", _fmt(r.max_abs_error),
                          _fmt(r.max_rel_error), f"{r.details['rtol']:.0e}", mode, str(r.worst_variable)])
         print_table(args, f"Derivative checks against float64 finite differences ({data.num_examples} examples)",
-                    ["check", "result", "max abs err", "max rel err", "rtol", "directions", "worst"], rows)
+                    ["check", "result", "abs err", "rel err", "rtol", "dirs", "worst"], rows)
         out = console(args)
         diag = report.diagnostics
         for cut in diag.gradient_cuts:

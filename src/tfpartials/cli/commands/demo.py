@@ -24,8 +24,9 @@ def add_arguments(p) -> None:
 def budgets(quick: bool) -> dict:
     """Report settings of the demo: full (default) or quick."""
     if quick:
-        return {"num_matvecs": 24, "top_k": 3, "probe_examples": 96, "per_example_examples": 96,
-                "max_examples": 256, "time_budget": 120.0}
+        return {"num_matvecs": 12, "top_k": 2, "probe_examples": 64, "per_example_examples": 64,
+                "max_examples": 256, "time_budget": 120.0, "density_probes": 2, "density_steps": 16,
+                "check_examples": 16, "check_directions": 2, "check_what": ("gradients", "hvp")}
     return {"num_matvecs": 60, "top_k": 3, "probe_examples": 256, "per_example_examples": 360,
             "max_examples": None, "time_budget": 150.0}
 

@@ -22,7 +22,11 @@ def add_arguments(p) -> None:
                    help="number of top eigenvalues (default 3 when nothing else is asked, else 0)")
     p.add_argument("--which", choices=["largest", "smallest", "magnitude"], default="largest",
                    help="which end of the spectrum for --top-k (default largest)")
-    p.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance of the eigenvalues")
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="relative residual tolerance of the eigenvalues (float32 models are limited to about 1e-5: "
+                        "use --precision float64 for tighter)")
+    p.add_argument("--max-matvecs", type=int, default=None, metavar="M",
+                   help="stop the eigenvalue solver after M matvecs (default: until converged, at most 25x basis)")
     p.add_argument("--trace", action="store_true", help="estimate the trace with standard error")
     p.add_argument("--trace-method", choices=["hutchpp", "hutchinson"], default="hutchpp",
                    help="trace estimator (default Hutch++)")
@@ -49,6 +53,8 @@ def _validate(args) -> None:
     for flag in ("num_probes", "num_lanczos"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    if args.max_matvecs is not None and args.max_matvecs < 1:
+        raise InputError(f"--max-matvecs: expected a positive integer, got {args.max_matvecs}")
     if args.seed < 0:
         raise InputError(f"--seed: expected a non-negative integer, got {args.seed}")
     if not args.tol > 0:
@@ -104,7 +110,11 @@ def run(args) -> int:
             from ..._checks import InputError
 
             raise InputError(f"--top-k: the operator has {n} parameter(s); an iterative solver needs at least 2")
-        eig = top_eigenvalues(op, k=k, which=args.which, tol=args.tol, seed=args.seed, quiet=quiet)
+        eig = _quietly(top_eigenvalues, op, k=k, which=args.which, tol=args.tol, max_matvecs=args.max_matvecs,
+                       seed=args.seed, quiet=quiet)
+        if not eig.converged:
+            _note(f"the top eigenvalues did not reach --tol {args.tol:g} in {eig.num_matvecs} matvecs; the "
+                  "residual norms bound their errors (see 'eigen' in the output)")
         order = np.argsort(-eig.eigenvalues, kind="stable")
         result["eigenvalues"] = eig.eigenvalues[order].tolist()
         result["eigen"] = {"which": args.which, "residual_norms": eig.residual_norms[order].tolist(),
@@ -131,7 +141,9 @@ def run(args) -> int:
                              "num_lanczos": int(density.ritz_values.shape[1]), "num_matvecs": density.num_matvecs,
                              "ritz_values": density.ritz_values.tolist(),
                              "ritz_weights": density.ritz_weights.tolist()}
-        rows.append(["density: mean eigenvalue (trace/n)", density.moment(1), float("nan"), density.num_matvecs])
+        per_probe = np.sum(density.ritz_weights * density.ritz_values, axis=1)
+        se = float(per_probe.std(ddof=1) / np.sqrt(per_probe.size)) if per_probe.size > 1 else float("nan")
+        rows.append(["density: mean eigenvalue (trace/n)", density.moment(1), se, density.num_matvecs])
     if args.per_layer and op.space is not None:
         layers = {}
         for name, res in per_layer(lambda block: _block_top(block, args), op, layer_names(op.space)).items():
@@ -163,6 +175,22 @@ def _block_top(block, args) -> dict:
     if block.n == 1:
         value = float(np.asarray(block.to_dense()).reshape(-1)[0])
         return {"eigenvalues": [value], "residual_norms": [0.0], "num_matvecs": 1, "num_parameters": 1}
-    res = top_eigenvalues(block, k=1, which=args.which, tol=args.tol, seed=args.seed, quiet=args.quiet)
+    res = _quietly(top_eigenvalues, block, k=1, which=args.which, tol=args.tol, max_matvecs=args.max_matvecs,
+                   seed=args.seed, quiet=args.quiet)
     return {"eigenvalues": res.eigenvalues.tolist(), "residual_norms": res.residual_norms.tolist(),
-            "num_matvecs": res.num_matvecs, "num_parameters": block.n}
+            "num_matvecs": res.num_matvecs, "num_parameters": block.n, "converged": res.converged}
+
+
+def _quietly(fn, *args, **kwargs):
+    """Call an eigen solver with its not-converged RuntimeWarning silenced (the command reports it itself)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="top_eigenvalues: not converged", category=RuntimeWarning)
+        return fn(*args, **kwargs)
+
+
+def _note(message: str) -> None:
+    import sys
+
+    sys.stderr.write(f"tfpartials: note: {message}\n")
