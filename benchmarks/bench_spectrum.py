@@ -53,8 +53,6 @@ def _first_within(estimates: np.ndarray, ref: float, rel: float) -> int | None:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from tfpartials.linalg.curvature import HessianOperator
-
     from tfpartials.estimators import (
         hutchinson_trace,
         hutchpp_trace,
@@ -62,6 +60,7 @@ def run(quick: bool = False) -> list[dict]:
         power_iteration,
         top_eigenvalues,
     )
+    from tfpartials.linalg.curvature import HessianOperator
 
     model, x, y = _problem(quick)
     op = HessianOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, precision="float64",

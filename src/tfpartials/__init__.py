@@ -39,6 +39,13 @@ _EXPORTS: dict[str, str] = {
     # first order w.r.t. parameters
     "gradients": ".autodiff.gradient",
     "value_and_gradients": ".autodiff.gradient",
+    # derivatives with respect to inputs
+    "input_gradient": ".inputs.jacobian",
+    "input_jacobian": ".inputs.jacobian",
+    "input_hessian": ".inputs.hessian",
+    "partial_derivative": ".inputs.partials",
+    "laplacian": ".inputs.laplacian",
+    "divergence": ".inputs.laplacian",
     # attribution
     "AttributionMethod": ".attribution",
     "Saliency": ".attribution",

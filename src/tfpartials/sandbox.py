@@ -6,8 +6,8 @@
 - **files** (Landlock, Linux >= 5.13): it may read only the Python installation, system libraries, a few
   ``/proc`` and ``/sys`` entries and the paths named on the command line; it may write only inside a fresh
   private work directory; it may execute no program;
-- **network**: a new, empty network namespace (``unshare -n``, or ``unshare -rn`` without root) when
-  available, TCP ``bind``/``connect`` forbidden by Landlock (ABI >= 4), and every socket, DNS lookup, process
+- **network and privileges**: a new, empty network namespace inside a new user namespace (``unshare -rn``;
+  so a child started as root has no power over the host kernel) when available, TCP ``bind``/``connect`` forbidden by Landlock (ABI >= 4), and every socket, DNS lookup, process
   spawn and out-of-directory write refused by an audit hook (PEP 578) at the Python level;
 - **memory**: ``RLIMIT_AS`` (``--sandbox-memory``, default 8 GiB of address space); no core dumps;
 - **environment**: scrubbed (no credentials), ``HOME``/``TMPDIR`` inside the work directory, CPU only.
@@ -65,6 +65,8 @@ def run_cli_sandboxed(argv: Sequence[str], args: Any) -> int:
     """
     from .cli.main import build_parser
 
+    if os.environ.get("TFPARTIALS_SANDBOXED"):
+        raise InputError("--sandbox: already inside the sandbox")
     memory = parse_size(getattr(args, "sandbox_memory", None) or DEFAULT_MEMORY, "--sandbox-memory")
     child = _strip_parent_flags(list(argv))
     outputs: dict[str, Path] = {}
@@ -106,9 +108,18 @@ def sandboxed(command: str, model: str | os.PathLike, data: Any = None, *, memor
 
     Raises:
         InputError: the command failed in the child (its one-line message), or the sandbox is unavailable.
+
+    Cost: the command's own cost plus one process start (a TensorFlow import, a few seconds).
+
+    Example:
+        >>> g = sandboxed("gradients", "model.keras", data=(x, y), loss="mse", wrt=["dense/*"])  # doctest: +SKIP
     """
     import numpy as np
 
+    reserved = sorted({"sandbox", "sandbox_memory", "timeout", "out", "quiet"} & set(options))
+    if reserved:
+        raise TypeError(f"sandboxed: {', '.join(reserved)} cannot be passed as options (memory= and timeout= are "
+                        "arguments; the result is returned, not written)")
     limit = parse_size(memory, "memory")
     suffix = _JSON_COMMANDS.get(command, ".npz")
     if command in _DIR_COMMANDS:
@@ -334,13 +345,14 @@ _NETNS: list[str] | None = None
 
 
 def _netns_prefix() -> list[str]:
-    """``["unshare", "-n"]`` (root) or ``["unshare", "-rn"]`` (user namespace) when that works here, else []."""
+    """``unshare -r -n`` (a user namespace: also drops root's powers over the kernel, such as loading
+    modules) when that works here, else ``unshare -n`` as root, else [] (Landlock still blocks TCP)."""
     global _NETNS
     if _NETNS is None:
         _NETNS = []
         exe = shutil.which("unshare")
         if exe:
-            for flags in (["-n"], ["-r", "-n"]) if os.geteuid() == 0 else (["-r", "-n"],):
+            for flags in (["-r", "-n"], ["-n"]) if os.geteuid() == 0 else (["-r", "-n"],):
                 try:
                     ok = subprocess.run([exe, *flags, "true"], stdin=subprocess.DEVNULL, capture_output=True,
                                         timeout=10).returncode == 0

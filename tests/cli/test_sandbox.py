@@ -203,3 +203,17 @@ def test_command_line_rewriting():
     assert _rewrite_outputs(stripped, {"--out": Path("/w/g.npz")}) == ["gradients", "m.keras", "--out", "/w/g.npz",
                                                                        "--quiet"]
     assert _readable_paths(["gradients", "/definitely/not/here", f"--data={__file__}"]) == [__file__]
+
+
+def test_sandboxed_rejects_reserved_options(files, monkeypatch):
+    from tfpartials._checks import InputError
+    from tfpartials.sandbox import sandboxed
+
+    with pytest.raises(TypeError, match=r"sandboxed: out, sandbox cannot be passed as options"):
+        sandboxed("gradients", files.lin_keras, data=files.lin_npz, sandbox=True, out="x.npz")
+    with pytest.raises(InputError, match=r"'report' writes a directory"):
+        sandboxed("report", files.lin_keras, data=files.lin_npz)
+    monkeypatch.setenv("TFPARTIALS_SANDBOXED", "1")
+    from tfpartials.cli.main import main
+
+    assert main(["gradients", str(files.lin_keras), "--data", str(files.lin_npz), "--sandbox"]) == 2

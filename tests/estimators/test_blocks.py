@@ -108,3 +108,19 @@ def test_density_plot_writes_a_png(tmp_path):
         density_figure(([0.0, 1.0], [1.0]))
     with pytest.raises(InputError, match="density: expected a SpectralDensity"):
         density_figure(3)
+
+
+def test_results_are_frozen_and_serialise_without_their_space(spaced):
+    import dataclasses
+    import json
+
+    from tfpartials.reports.writers import to_jsonable
+
+    op, _, space = spaced
+    res = top_eigenvalues(op, k=1)
+    assert res.space is space and exact_diagonal(op).space is space
+    assert "space" not in {f.name for f in dataclasses.fields(res)}
+    assert set(json.loads(json.dumps(to_jsonable(res)))) == {"eigenvalues", "eigenvectors", "residual_norms",
+                                                           "num_matvecs", "converged", "which"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.num_matvecs = 3

@@ -29,8 +29,8 @@ def image_case(tmp_path_factory):
     model, x, y = M.small_cnn(n=24)
     out = tmp_path_factory.mktemp("image") / "report"
     results = build_report(model, (x, y), "sparse_categorical_crossentropy", out, from_logits=True, seed=0,
-                           num_matvecs=12, quiet=True, density_probes=2, density_steps=12, check_examples=8,
-                           check_directions=2)
+                           num_matvecs=12, quiet=True, density_probes=2, density_steps=12,
+                           skip=["check"])  # checked on the tabular case; conv HVPs in float64 are slow to trace
     return model, x, y, out, results
 
 

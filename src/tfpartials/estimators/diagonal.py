@@ -10,7 +10,7 @@ Reference: Bekas, Kokiopoulou & Saad, "An estimator for the diagonal of a matrix
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 import numpy as np
@@ -36,16 +36,23 @@ class DiagonalEstimate:
     values: np.ndarray
     std_error: np.ndarray
     num_matvecs: int
-    space: Any = field(default=None, repr=False, compare=False)
+    space: InitVar[Any] = None  # the operator's ParameterSpace, kept out of fields() (and of JSON)
+
+    def __post_init__(self, space: Any) -> None:
+        object.__setattr__(self, "_space", space)
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """The values as ``{parameter name: array}`` (needs a parameter-space operator)."""
-        return split_by_space(self.space, self.values, "as_dict")
+        return split_by_space(self._space, self.values, "as_dict")
 
     def std_error_dict(self) -> dict[str, np.ndarray]:
         """The standard errors as ``{parameter name: array}``."""
-        return split_by_space(self.space, self.std_error, "std_error_dict")
+        return split_by_space(self._space, self.std_error, "std_error_dict")
 
+
+
+# read access to the space given at construction (an InitVar, so it is no dataclass field and no JSON key)
+DiagonalEstimate.space = property(lambda self: self._space, doc="The operator's ParameterSpace, or None.")  # type: ignore[assignment,method-assign]
 
 def hutchinson_diagonal(op, num_matvecs: int = 100, distribution: Distribution = "rademacher", seed: int = 0, *,
                         quiet: bool = False) -> DiagonalEstimate:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -51,15 +51,22 @@ class EigenResult:
     num_matvecs: int
     converged: bool
     which: str = "largest"
-    space: Any = field(default=None, repr=False, compare=False)
+    space: InitVar[Any] = None  # the operator's ParameterSpace, kept out of fields() (and of JSON)
+
+    def __post_init__(self, space: Any) -> None:
+        object.__setattr__(self, "_space", space)
 
     def eigenvector_dict(self, i: int = 0) -> dict[str, np.ndarray]:
         """Eigenvector ``i`` as ``{parameter name: array}`` (needs a parameter-space operator)."""
         k = self.eigenvalues.shape[0]
         if isinstance(i, bool) or not isinstance(i, int | np.integer) or not -k <= i < k:
             raise InputError(f"i: expected an eigenvector index in [0, {k}), got {i!r}")
-        return split_by_space(self.space, self.eigenvectors[:, i], "eigenvector_dict")
+        return split_by_space(self._space, self.eigenvectors[:, i], "eigenvector_dict")
 
+
+
+# read access to the space given at construction (an InitVar, so it is no dataclass field and no JSON key)
+EigenResult.space = property(lambda self: self._space, doc="The operator's ParameterSpace, or None.")  # type: ignore[assignment,method-assign]
 
 def _order(theta: np.ndarray, which: str) -> np.ndarray:
     if which == "largest":

@@ -22,9 +22,10 @@ CVE-2025-12058 (safe_mode bypasses through configs naming arbitrary callables an
 from __future__ import annotations
 
 import builtins
-import io
 import json
+import shutil
 import stat
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,8 +107,11 @@ def check_keras_archive(p: Path) -> None:
                 raise InputError(f"{p}: corrupt archive (member {bad!r} fails its checksum)")
             for info in infos:
                 if info.filename.endswith(".h5") and not info.is_dir():
-                    with z.open(info) as fh:
-                        check_h5_object(io.BytesIO(fh.read()), f"{p}: {info.filename}")
+                    # a seekable copy (memory up to 256 MiB, then a temporary file) for h5py to walk
+                    with z.open(info) as fh, tempfile.SpooledTemporaryFile(max_size=256 * 1024**2) as copy:
+                        shutil.copyfileobj(fh, copy, 1024**2)
+                        copy.seek(0)
+                        check_h5_object(copy, f"{p}: {info.filename}")
     except zipfile.BadZipFile as exc:
         raise InputError(f"{p}: not a Keras model archive (corrupt zip: {exc})") from None
     except RuntimeError as exc:  # encrypted members
