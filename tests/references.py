@@ -81,21 +81,28 @@ def central_difference_gradient(model, x, y, loss: str, eps: float = 1e-6):
 
 
 def nested_tape_hessian(model, x, y, loss_fn, dtype=tf.float64):
-    """Dense Hessian by reverse-over-reverse nested tapes on a float64 clone, flat (n, n)."""
+    """Dense Hessian by reverse-over-reverse nested tapes on a float64 clone, flat (n, n).
+
+    The weights are plain tensors fed through ``stateless_call`` so both tapes see them directly; the
+    gradient is flattened inside the outer tape so each row is connected.
+    """
     clone = float64_clone(model) if dtype == tf.float64 else model
-    tv = clone.trainable_variables
+    tv = [tf.convert_to_tensor(v.value) for v in clone.trainable_variables]
+    ntv = [tf.convert_to_tensor(v.value) for v in clone.non_trainable_variables]
     xs = tf.constant(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else tf.constant(x)
     with tf.GradientTape(persistent=True) as outer:
+        outer.watch(tv)
         with tf.GradientTape() as inner:
-            loss = loss_fn(y, clone(xs, training=False))
+            inner.watch(tv)
+            pred, _ = clone.stateless_call(tv, ntv, xs, training=False)
+            loss = loss_fn(y, pred)
         grads = inner.gradient(loss, tv)
-        flat = tf.concat([tf.reshape(tf.convert_to_tensor(g), [-1]) for g in grads], 0)
-        entries = tf.unstack(flat)  # sliced inside the outer tape, or the outer tape sees no dependence
+        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+        entries = [flat[i] for i in range(int(flat.shape[0]))]
     rows = []
-    for entry in entries:
-        gi = outer.gradient(entry, tv)  # unconnected_gradients="zero" fails on Keras 3 variables
-        rows.append(tf.concat([tf.reshape(tf.zeros(v.shape, dtype) if g is None else tf.convert_to_tensor(g), [-1])
-                               for g, v in zip(gi, tv)], 0))
+    for e in entries:
+        gi = outer.gradient(e, tv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        rows.append(tf.concat([tf.reshape(g, [-1]) for g in gi], 0))
     return tf.stack(rows).numpy()
 
 
@@ -104,8 +111,11 @@ def keras_mean_loss(name: str, from_logits: bool = False):
     if name == "mse":
         return lambda yt, yp: tf.reduce_mean(tf.square(yp - tf.cast(yt, yp.dtype)))
     if name == "scce":
+        if from_logits:  # the log_softmax form: TF's fused sparse cross-entropy has no second derivative
+            return lambda yt, yp: -tf.reduce_mean(tf.gather(tf.nn.log_softmax(yp), tf.cast(
+                tf.reshape(yt, [-1]), tf.int32), batch_dims=1))
         return lambda yt, yp: tf.reduce_mean(
-            keras.losses.sparse_categorical_crossentropy(yt, yp, from_logits=from_logits))
+            keras.losses.sparse_categorical_crossentropy(yt, yp, from_logits=False))
     raise ValueError(name)
 
 

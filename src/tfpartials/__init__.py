@@ -39,6 +39,23 @@ _EXPORTS: dict[str, str] = {
     # first order w.r.t. parameters
     "gradients": ".autodiff.gradient",
     "value_and_gradients": ".autodiff.gradient",
+    # curvature estimators (functions of any operator)
+    "top_eigenvalues": ".estimators",
+    "power_iteration": ".estimators",
+    "EigenResult": ".estimators",
+    "hutchinson_trace": ".estimators",
+    "hutchpp_trace": ".estimators",
+    "TraceEstimate": ".estimators",
+    "hutchinson_diagonal": ".estimators",
+    "exact_diagonal": ".estimators",
+    "DiagonalEstimate": ".estimators",
+    "spectral_density": ".estimators",
+    "SpectralDensity": ".estimators",
+    "lanczos": ".estimators",
+    "LanczosDecomposition": ".estimators",
+    "restrict": ".estimators",
+    "per_layer": ".estimators",
+    "plot_density": ".reports.plots_spectrum",
     # derivatives with respect to inputs
     "input_gradient": ".inputs.jacobian",
     "input_jacobian": ".inputs.jacobian",

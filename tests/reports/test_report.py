@@ -76,6 +76,13 @@ def test_provenance_records_versions_hashes_and_settings(tabular_case):
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
     assert prov["data_file"]["sha256"] == h.hexdigest()
+    w = hashlib.sha256()
+    for v in model.weights:
+        a = np.ascontiguousarray(v.numpy())
+        w.update(f"{a.dtype.str}{a.shape}".encode())
+        w.update(a.tobytes())
+    assert prov["model_weights_sha256"] == w.hexdigest()
+    assert prov["model_file"] == {"path": None, "sha256": None}
     assert set(prov["timing"]) >= {"started", "finished", "seconds"}
 
 

@@ -55,6 +55,7 @@ class Objective:
         check_choice("unconnected", unconnected, ("error", "zero"))
         self.model = model
         self.loss: Loss = resolve_loss(loss, from_logits, model)
+        _warn_if_logits_look_like_probabilities(model, self.loss)
         self.space = ParameterSpace(model, wrt)
         self.training = bool(training)
         if self.training:
@@ -177,6 +178,25 @@ class Objective:
             fn.compiled = compiled
             self._functions[key] = fn
         return fn
+
+
+def _warn_if_logits_look_like_probabilities(model, loss: Loss) -> None:
+    """Cross-entropy without from_logits on a model whose last layer has no squashing activation is almost
+    always a mistake: the loss then treats logits as probabilities and its derivatives are meaningless."""
+    if not loss.is_classification or loss.from_logits:
+        return
+    layers = getattr(model, "layers", None) or []
+    if not layers:
+        return
+    last = layers[-1]
+    act = getattr(last, "activation", None)
+    name = getattr(act, "__name__", "") if act is not None else ""
+    if isinstance(last, keras.layers.Softmax | keras.layers.Activation):
+        return
+    if act is not None and name in ("linear", ""):
+        warnings.warn(f"loss {loss.name!r} expects probabilities, but the last layer {last.name!r} has a linear "
+                      "activation (logits?); pass from_logits=True (--from-logits) if the model outputs logits",
+                      stacklevel=4)
 
 
 def make_objective(model, loss=None, wrt=None, **kwargs) -> Objective:

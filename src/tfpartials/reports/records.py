@@ -164,13 +164,19 @@ def now_iso() -> str:
 
 def provenance(*, model_file: str | os.PathLike | None, model_digest: str | None,
                data_file: str | os.PathLike | None, data_digest: str | None, seed: int,
-               settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything needed to reproduce a report (``timing`` is filled in by the pipeline)."""
+               settings: Mapping[str, Any], weights_digest: str | None = None) -> dict[str, Any]:
+    """Everything needed to reproduce a report (``timing`` is filled in by the pipeline).
+
+    ``model_file.sha256`` hashes the file as given; ``model_weights_sha256`` hashes the weights the numbers
+    were computed from (also for a model passed in memory); ``data_file.sha256`` hashes the data file, or
+    the arrays when the data came from memory.
+    """
     return {
         "software": software_versions(),
         "platform": {"system": platform.system(), "machine": platform.machine(),
                      "python_implementation": platform.python_implementation()},
         "model_file": {"path": None if model_file is None else str(model_file), "sha256": model_digest},
+        "model_weights_sha256": weights_digest,
         "data_file": {"path": None if data_file is None else str(data_file), "sha256": data_digest},
         "seed": int(seed),
         "settings": to_jsonable(dict(settings)),

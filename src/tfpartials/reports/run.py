@@ -60,6 +60,7 @@ class ReportPlan:
     data_file: str | None = None
     model_digest: str | None = None
     data_digest: str | None = None
+    weights_digest: str | None = None
     quiet: bool = False
     log: Callable[[str], None] | None = field(default=None, repr=False)
     deadline: float | None = field(default=None, repr=False)
@@ -106,6 +107,12 @@ def _input_kind(model) -> str:
     if len(shape) == 1:
         return "tabular"
     return "other"
+
+
+def _weights_digest(model) -> str:
+    from .records import array_sha256
+
+    return array_sha256([np.asarray(v.numpy()) for v in model.weights])
 
 
 def _digest_of_data(data) -> str | None:
@@ -205,7 +212,8 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
     return ReportPlan(model=obj.model, objective=obj, data=d, settings=settings, skip=skipped,
                       title=title or f"tfpartials report: {model.name}", kind=kind,
                       feature_names=list(names) if names is not None else None, model_file=model_file,
-                      data_file=data_file, model_digest=model_digest, data_digest=data_digest, quiet=quiet)
+                      data_file=data_file, model_digest=model_digest, data_digest=data_digest, quiet=quiet,
+                      weights_digest=_weights_digest(model))
 
 
 def _preflight(obj, data) -> None:
@@ -283,7 +291,8 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
         for i, key in enumerate(SECTIONS):
             _run_section(plan, key, i, results, timing, d, say, t0, budget)
     prov = provenance(model_file=plan.model_file, model_digest=plan.model_digest, data_file=plan.data_file,
-                      data_digest=plan.data_digest, seed=plan.settings["seed"], settings=plan.settings)
+                      data_digest=plan.data_digest, seed=plan.settings["seed"], settings=plan.settings,
+                      weights_digest=plan.weights_digest)
     prov["timing"] = {"started": started, "finished": now_iso(),
                       "seconds": {"total": round(time.perf_counter() - t0, 3), **timing}}
     results["provenance"] = prov
