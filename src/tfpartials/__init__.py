@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "Loss": ".io.losses",
     "resolve_loss": ".io.losses",
     "float64_copy": ".io.precision",
+    "sandboxed": ".sandbox",
     # parameters and the objective
     "ParameterSpace": ".params",
     "Objective": ".autodiff.objective",
