@@ -8,7 +8,7 @@ Baselines in the same run, on identical weights and data:
   slower (at most 1.0x);
 * one dataset gradient — target: a Hessian-vector product costs at most 2 gradients;
 * the matrix's own size — target: peak memory of the dense Hessian at most 2x its size + 0.5 GiB (measured in
-  a child process, peak RSS above the RSS before the call).
+  a child process: its peak RSS, VmHWM, above its RSS before the call).
 
 Times are the best of several calls after a warm-up (compiled functions reused, as a user computing several
 Hessians of one objective would); first-call times (tracing / XLA compilation included) are reported too.
@@ -103,7 +103,7 @@ def _first_call(fn) -> tuple[float, object]:
 
 
 MEMORY_CHILD = r"""
-import json, os, resource, sys
+import json, os, sys
 sys.path.insert(0, sys.argv[1])
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 from bench_hessian import _problem
@@ -113,13 +113,13 @@ from tfpartials.autodiff.hessian import hessian
 hidden = int(sys.argv[2])
 model, x, y = _problem(hidden=hidden)
 gradients(model, (x, y), loss="mse", quiet=True)       # TensorFlow initialised
-def rss():
+def status(key):  # VmHWM is this process's own peak (ru_maxrss would carry the parent's across exec)
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
-before = rss()
+before = status("VmRSS")
 H = hessian(model, (x, y), loss="mse", quiet=True)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 print(json.dumps({"n": H.matrix.shape[0], "matrix": H.matrix.nbytes, "before": before, "peak": peak}))
 """
 

@@ -40,6 +40,14 @@ _EXPORTS: dict[str, str] = {
     # first order w.r.t. parameters
     "gradients": ".autodiff.gradient",
     "value_and_gradients": ".autodiff.gradient",
+    # per-example gradients and their statistics
+    "per_example_gradients": ".autodiff.per_example",
+    "gradient_statistics": ".autodiff.statistics",
+    "GradientStatistics": ".autodiff.statistics",
+    "statistics_from_gradients": ".autodiff.statistics",
+    # Keras callbacks
+    "GradientMonitor": ".callbacks",
+    "CurvatureMonitor": ".callbacks",
     # curvature estimators (functions of any operator)
     "top_eigenvalues": ".estimators",
     "power_iteration": ".estimators",
@@ -93,10 +101,19 @@ _EXPORTS: dict[str, str] = {
     "diabetes_mlp": ".examples",
 }
 
+# subpackages reachable as attributes (tp.callbacks.GradientMonitor, tp.distribute.make_strategy, ...)
+_SUBMODULES = {"callbacks", "distribute", "estimators", "attribution", "inputs", "verification", "linalg",
+               "autodiff", "io", "reports", "examples"}
+
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        importlib.import_module("._backend", __name__)
+        mod = importlib.import_module(f".{name}", __name__)
+        globals()[name] = mod
+        return mod
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'tfpartials' has no attribute {name!r}")

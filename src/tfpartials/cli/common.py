@@ -11,9 +11,27 @@ __all__ = ["add_model_args", "add_data_args", "add_output_args", "add_guard_args
            "console", "quiet_tensorflow_import", "print_table"]
 
 
-def quiet_tensorflow_import() -> None:
-    """Import TensorFlow with its C++ start-up notices (oneDNN, CPU features) kept off the user's stderr."""
-    if "tensorflow" in sys.modules:
+_STRATEGY = None
+
+
+def current_strategy():
+    """The tf.distribute strategy chosen by ``--devices`` or ``TF_CONFIG`` (None: one device)."""
+    return _STRATEGY
+
+
+def quiet_tensorflow_import(devices: int | None = None) -> None:
+    """Import TensorFlow with its C++ start-up notices (oneDNN, CPU features) kept off the user's stderr.
+
+    With ``devices`` > 1 or a ``TF_CONFIG`` cluster spec, the tf.distribute strategy is created here, before
+    TensorFlow runs its first operation (logical devices and collectives must be configured first).
+    """
+    global _STRATEGY
+    if devices is not None and devices < 1:
+        from .._checks import InputError
+
+        raise InputError(f"--devices: expected a positive integer, got {devices}")
+    want_strategy = (devices or 1) > 1 or bool(os.environ.get("TF_CONFIG"))
+    if "tensorflow" in sys.modules and not want_strategy:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -27,6 +45,10 @@ def quiet_tensorflow_import() -> None:
         os.dup2(devnull, 2)
         import tensorflow as tf
 
+        if want_strategy and _STRATEGY is None:
+            from ..distribute import make_strategy
+
+            _STRATEGY = make_strategy(devices)
         tf.constant(0.0) + 1.0  # device initialisation prints its notices here
         import keras  # noqa: F401
     finally:
@@ -71,6 +93,9 @@ def add_data_args(p: argparse.ArgumentParser, *, targets: bool = True) -> None:
                        help="the model outputs logits (cross-entropy losses)")
         p.add_argument("--wrt", action="append", default=None, metavar="GLOB",
                        help="differentiate with respect to these variables only (name, glob or layer; repeatable)")
+        p.add_argument("--devices", type=int, default=None, metavar="N",
+                       help="spread the data passes over N local devices (GPUs, else N logical CPUs); a "
+                            "TF_CONFIG cluster spec in the environment selects multi-worker training instead")
 
 
 def add_output_args(p: argparse.ArgumentParser, default: str | None = None, help: str = "output file") -> None:

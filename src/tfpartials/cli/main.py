@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 from ..sandbox import run_cli_sandboxed
 
                 return run_cli_sandboxed(argv, args)
-            quiet_tensorflow_import()
+            quiet_tensorflow_import(getattr(args, "devices", None))
             if getattr(args, "quiet", False):
                 from .._progress import set_quiet
 

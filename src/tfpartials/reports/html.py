@@ -39,7 +39,7 @@ _LABELS: dict[str, str] = {
     "check_passed": "finite-difference check passed", "kind": "kind", "feature_names": "features",
     "inputs": "inputs", "outputs": "outputs", "format": "format", "seed": "seed", "settings": "settings",
     "software": "software", "platform": "platform", "model_file": "model file", "data_file": "data file",
-    "sha256": "SHA-256", "path": "path", "timing": "timing", "started": "started", "finished": "finished",
+    "sha256": "SHA-256", "model_weights_sha256": "model weights SHA-256", "path": "path", "timing": "timing", "started": "started", "finished": "finished",
     "seconds": "seconds", "trace_per_parameter": "trace / parameters", "density": "spectral density",
     "max_completeness_delta": "max |completeness delta| (IG)", "explained_classes": "explained classes",
     "snr": "signal-to-noise ratio", "mean_gradient_norm": "norm of mean gradient", "median_norm": "median norm",

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from ..common import load_model_and_data, print_table
+    from ..common import current_strategy, load_model_and_data, print_table
     from ...reports.writers import check_output_path, save_npz
 
     if args.out:
@@ -35,7 +35,7 @@ def run(args) -> int:
 
     g = gradients(model, data, loss=args._loss, wrt=args.wrt, precision=args.precision,
                   include_regularization=not args.no_regularization, unconnected=args.unconnected,
-                  quiet=args.quiet)
+                  quiet=args.quiet, strategy=current_strategy())
     rows = [[name, str(tuple(a.shape)), float(np.linalg.norm(a)), float(np.max(np.abs(a))) if a.size else 0.0]
             for name, a in g.items()]
     total = float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in g.values())))

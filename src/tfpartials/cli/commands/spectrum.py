@@ -72,8 +72,11 @@ def _validate(args) -> None:
 def _operator(args, model, data):
     from ...linalg.curvature import FisherOperator, GGNOperator, HessianOperator
 
+    from ..common import current_strategy
+
     cls = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}[args.operator]
-    return cls(model, data, loss=args._loss, wrt=args.wrt, batch_size=args.batch_size, precision=args.precision)
+    return cls(model, data, loss=args._loss, wrt=args.wrt, batch_size=args.batch_size, precision=args.precision,
+               strategy=current_strategy())
 
 
 def run(args) -> int:
