@@ -96,6 +96,9 @@ _EXPORTS: dict[str, str] = {
     "NonFinite": ".verification.diagnostics",
     "TrainingDependence": ".verification.diagnostics",
     "with_precision": ".io.precision",
+    # report
+    "build_report": ".reports.run",
+    "load_results": ".reports.records",
     # bundled examples (no download)
     "digits_cnn": ".examples",
     "diabetes_mlp": ".examples",

@@ -70,6 +70,18 @@ def test_many_vectors_traced_once():
     np.testing.assert_allclose(b, a[:, ::-1], rtol=1e-5, atol=1e-7)
 
 
+def test_columns_beyond_a_chunk_are_padded_into_one_trace(monkeypatch):
+    import tfpartials.autodiff.hvp as module
+
+    monkeypatch.setattr(module, "MAX_CHUNK", 2)
+    model, x, y = M.regression_mlp(n=13)
+    obj, d = prepare(model, (x, y), "mse", batch_size=5, precision="float64")
+    H = R.nested_tape_hessian(model, x, y, R.keras_mean_loss("mse"))
+    V = np.random.default_rng(4).normal(size=(obj.space.size, 5))
+    np.testing.assert_allclose(hvp_matmat(obj, d, V, quiet=True).numpy(), H @ V, rtol=1e-10, atol=1e-13)
+    assert list(obj.trace_counts.values()) == [1]  # 2 + 2 + (1 padded to 2) columns
+
+
 def test_forward_mode_fallback_is_said_once_and_exact():
     """An LSTM has no vectorisable forward rule: the product falls back to reverse mode, warns once, is exact."""
     model, x, y = M.lstm_model()

@@ -113,6 +113,13 @@ def test_demo_quick_end_to_end(tmp_path, monkeypatch, capsys):
         assert (out / name / "index.html").is_file()
     tab = json.loads((out / "tabular" / "results.json").read_text())
     assert tab["data"]["feature_names"][:4] == ["age", "sex", "bmi", "bp"]
+    from tests.reports.test_html import _agrees, _lookup, _Page
+
+    page = _Page()
+    page.feed(index)
+    assert len(page.cells) >= 10
+    for key, text in page.cells:
+        assert _agrees(text, _lookup(top, key)), key
     printed = capsys.readouterr().out
     assert str(out / "index.html") in printed
     assert main(["demo", "--quick", "--out", str(out)]) == 2  # exists: refused, untouched

@@ -26,14 +26,13 @@ from .._memory import DEFAULT_DENSE_LIMIT, plan_chunks, require_fits
 from .._progress import progress
 from ..io.data import DEFAULT_BATCH_SIZE, Data
 from ..params import ParameterSpace
-from .hvp import METHODS, Method, batch_hvp_kernel
+from .hvp import MAX_CHUNK, METHODS, Method, activation_elements, batch_hvp_kernel, column_memory
 from .objective import Objective
 from .problem import prepare
 from .risk import accumulate
 
 __all__ = ["HessianResult", "hessian", "dense_hessian", "hessian_memory", "MAX_CHUNK"]
 
-MAX_CHUNK = 128  # columns per compiled call: larger chunks gain nothing on CPU and cost memory
 _ALTERNATIVE = ("use `tfpartials spectrum` (top eigenvalues, trace and spectral density without forming the "
                 "matrix; in Python tp.top_eigenvalues / tp.hutchpp_trace on tp.HessianOperator), restrict it to "
                 "some variables with --wrt (wrt=[...]), or raise --max-memory (max_memory=...)")
@@ -83,32 +82,14 @@ class HessianResult:
         return out
 
 
-def _activation_elements(model) -> int:
-    """Per-example elements of all layer outputs (a working-memory estimate; 0 when unknown)."""
-    total = 0
-    for layer in getattr(model, "layers", []):
-        try:
-            outputs = tf.nest.flatten(layer.output)
-        except (AttributeError, ValueError, RuntimeError):
-            continue
-        for t in outputs:
-            dims = list(getattr(t, "shape", ()))[1:]
-            if all(isinstance(d, int) for d in dims):
-                total += int(np.prod(dims, dtype=np.int64))
-    return total
-
-
 def hessian_memory(n: int, itemsize: int, batch_size: int, activations: int) -> tuple[int, int, int]:
     """(matrix bytes, working bytes per column, fixed working bytes) of a dense Hessian computation.
 
-    Per column: the tangent of every activation of a batch and a few parameter-sized vectors; fixed: the
-    matrix, the forward pass and the gradient. An estimate, on the generous side.
+    An estimate on the generous side: see :func:`~tfpartials.autodiff.hvp.column_memory`.
     """
-    activations = max(activations, 64)
+    per_column, fixed = column_memory(n, itemsize, batch_size, activations)
     matrix = n * n * itemsize
-    per_column = itemsize * (4 * n + 6 * batch_size * activations)
-    fixed = matrix + itemsize * (4 * batch_size * activations + 4 * n) + 64 * 1024**2
-    return matrix, per_column, fixed
+    return matrix, per_column, matrix + fixed
 
 
 def _batch_guess(data, batch_size: int | None) -> int:
@@ -182,7 +163,7 @@ def hessian(model, data, loss: Any = None, wrt=None, *, max_memory: str | int | 
         space, keras_model = ParameterSpace(model, wrt), model
         itemsize = {"float64": 8, "float32": 4}.get(precision or "", space.dtype.size)
     n = space.size
-    activations = _activation_elements(keras_model)
+    activations = activation_elements(keras_model)
     matrix_bytes, per_column, fixed = hessian_memory(n, itemsize, _batch_guess(data, batch_size), activations)
     require_fits(fixed + per_column, budget,
                  f"the dense Hessian of {n:,} parameters ({format_bytes(matrix_bytes)} for the {n:,} x {n:,} "

@@ -33,14 +33,17 @@ import numpy as np
 
 from .._backend import tf
 from .._checks import InputError, check_choice
+from .._memory import plan_chunks
 from .objective import Objective
 from .problem import prepare
 from .risk import accumulate
 
 __all__ = ["hvp", "hvp_matmat", "hvp_kernel", "ColumnKernel", "FallbackWarning", "Method", "METHODS",
-           "vectorize_columns", "gradient_of"]
+           "vectorize_columns", "gradient_of", "column_memory", "column_chunk", "in_column_chunks",
+           "activation_elements", "MAX_CHUNK"]
 
 Method = Literal["auto", "forward", "reverse", "loop"]
+MAX_CHUNK = 128  # columns per compiled call: larger chunks gain nothing on CPU and cost memory
 MODES = ("forward", "reverse", "loop")
 METHODS = ("auto", *MODES)
 _MODE_TEXT = {"forward": "forward-over-reverse (vectorised)", "reverse": "reverse-over-reverse (vectorised)",
@@ -263,14 +266,67 @@ def batch_hvp_kernel(obj: Objective, method: str = "auto", tangent_vars: Sequenc
     return cached_kernel(obj, "hvp", key, lambda mode: hvp_kernel(obj, mode, tan, out), method)
 
 
+def activation_elements(model) -> int:
+    """Per-example elements of all layer outputs (a working-memory estimate; 0 when unknown)."""
+    total = 0
+    for layer in getattr(model, "layers", []):
+        try:
+            outputs = tf.nest.flatten(layer.output)
+        except (AttributeError, ValueError, RuntimeError):
+            continue
+        for t in outputs:
+            dims = list(getattr(t, "shape", ()))[1:]
+            if all(isinstance(d, int) for d in dims):
+                total += int(np.prod(dims, dtype=np.int64))
+    return total
+
+
+def column_memory(n: int, itemsize: int, batch_size: int, activations: int) -> tuple[int, int]:
+    """(working bytes per vector, fixed working bytes) of a vectorised second-order product.
+
+    Per vector: the tangents of every activation of a batch and a few parameter-sized vectors; fixed: the
+    forward pass, the gradient and some slack. An estimate, on the generous side.
+    """
+    activations = max(int(activations), 64)
+    per_column = itemsize * (4 * n + 6 * batch_size * activations)
+    fixed = itemsize * (4 * batch_size * activations + 4 * n) + 64 * 1024**2
+    return per_column, fixed
+
+
+def column_chunk(obj: Objective, batch_size: int, budget: int | None = None) -> int:
+    """How many vectors one compiled call may take (at most :data:`MAX_CHUNK`) within the memory budget."""
+    per_column, fixed = column_memory(obj.space.size, obj.dtype.size, batch_size, activation_elements(obj.model))
+    return plan_chunks(MAX_CHUNK, per_column, budget=budget, fixed=fixed, what="vectorised products").chunk
+
+
+def in_column_chunks(product: Callable[[tf.Tensor], tf.Tensor], V: tf.Tensor, chunk: int) -> tf.Tensor:
+    """``product(V)`` for ``(n, k)`` V, ``chunk`` columns at a time (the last padded, so one trace serves all)."""
+    k = int(V.shape[1])
+    if k <= chunk:
+        return product(V)
+    parts = []
+    for start in range(0, k, chunk):
+        block = V[:, start:start + chunk]
+        width = int(block.shape[1])
+        if width < chunk:
+            block = tf.pad(block, [[0, 0], [0, chunk - width]])
+        parts.append(product(block)[:, :width])
+    return tf.concat(parts, axis=1)
+
+
 def hvp_matmat(obj: Objective, data, V, *, method: str = "auto", quiet: bool = False, strategy=None,
                description: str = "Hessian-vector product") -> tf.Tensor:
     """``H @ V`` for an ``(n, k)`` matrix over the whole dataset, exact; a tensor in the objective's dtype."""
     V = tf.cast(tf.convert_to_tensor(V), obj.dtype)
     kernel = batch_hvp_kernel(obj, method)
-    rows = accumulate(obj, data, kernel, obj.space.values(), tf.transpose(V), description=description,
-                      quiet=quiet, strategy=strategy)
-    return tf.transpose(rows)
+    params = obj.space.values()
+
+    def product(block):
+        rows = accumulate(obj, data, kernel, params, tf.transpose(block), description=description, quiet=quiet,
+                          strategy=strategy)
+        return tf.transpose(rows)
+
+    return in_column_chunks(product, V, column_chunk(obj, data.batch_size))
 
 
 def hvp(model, data, v, loss: Any = None, wrt=None, *, batch_size: int | None = None,

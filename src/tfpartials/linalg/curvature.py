@@ -26,8 +26,16 @@ from .._backend import tf
 from .._checks import InputError, check_choice, check_positive_int, check_seed
 from .._memory import DEFAULT_DENSE_LIMIT, require_fits
 from ..autodiff.hessian import _ALTERNATIVE as _DENSE_ALTERNATIVE
-from ..autodiff.hessian import MAX_CHUNK, dense_hessian
-from ..autodiff.hvp import METHODS, batch_hvp_kernel, cached_kernel, vectorize_columns
+from ..autodiff.hessian import dense_hessian
+from ..autodiff.hvp import (
+    MAX_CHUNK,
+    METHODS,
+    batch_hvp_kernel,
+    cached_kernel,
+    column_chunk,
+    in_column_chunks,
+    vectorize_columns,
+)
 from ..autodiff.objective import Objective
 from ..autodiff.problem import prepare
 from ..autodiff.risk import accumulate, as_tensors
@@ -77,6 +85,7 @@ class CurvatureOperator(LinearOperator):
         self.strategy = strategy
         self._params = obj.space.values()
         self._step = self._batch_matmat  # one stable callable: compiled data passes are cached by identity
+        self._chunk: int | None = None   # vectors per compiled call, planned on first use
         super().__init__(obj.space.size, obj.dtype, symmetric=True, psd=self._is_psd(), space=obj.space)
 
     def _is_psd(self) -> bool:
@@ -92,7 +101,10 @@ class CurvatureOperator(LinearOperator):
                           description=f"{self.kind} product", quiet=self.quiet, strategy=self.strategy)
 
     def _matmat(self, V):
-        return tf.transpose(self._data_pass(self._step, tf.transpose(V)))
+        if self._chunk is None:
+            self._chunk = column_chunk(self.objective, self.data.batch_size)
+        return in_column_chunks(lambda block: tf.transpose(self._data_pass(self._step, tf.transpose(block))), V,
+                                self._chunk)
 
     def to_dense(self, chunk: int | None = None) -> tf.Tensor:
         """The dense ``(n, n)`` matrix from products with identity columns, ``chunk`` (default 128) at a time."""

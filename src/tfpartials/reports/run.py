@@ -61,6 +61,7 @@ class ReportPlan:
     model_digest: str | None = None
     data_digest: str | None = None
     weights_digest: str | None = None
+    strategy: Any = field(default=None, repr=False)
     quiet: bool = False
     log: Callable[[str], None] | None = field(default=None, repr=False)
     deadline: float | None = field(default=None, repr=False)
@@ -132,7 +133,7 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
                 title: str | None = None, quiet: bool = False, density_probes: int = DENSITY_PROBES,
                 density_steps: int = DENSITY_STEPS, check_examples: int = CHECK_EXAMPLES,
                 check_directions: int = CHECK_DIRECTIONS,
-                check_what: Sequence[str] = ("gradients", "hvp", "jacobian")) -> ReportPlan:
+                check_what: Sequence[str] = ("gradients", "hvp", "jacobian"), strategy=None) -> ReportPlan:
     """Check every input and option (cheaply) and return the plan; InputError on anything wrong.
 
     Options are those of :func:`build_report`; ``density_probes`` and ``density_steps`` size the SLQ density
@@ -176,7 +177,7 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
         raise TypeError(f"model: expected a Keras model or a model file path, got {type(model).__name__}")
     data_file = str(data) if isinstance(data, str | os.PathLike) else None
     obj, d = prepare(model, data, loss, wrt, batch_size=batch_size, precision=precision, from_logits=from_logits,
-                     allow_nan=allow_nan, target=target)
+                     allow_nan=allow_nan, target=target, strategy=strategy)
     if max_examples is not None and max_examples < d.num_examples:
         from ..io.data import load_data
 
@@ -208,12 +209,13 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
                 "density_probes": density_probes, "density_lanczos_steps": density_steps,
                 "check_examples": min(check_examples, d.num_examples), "check_directions": check_directions,
                 "check_what": check_what,
+                "replicas": int(strategy.num_replicas_in_sync) if strategy is not None else 1,
                 "integrated_gradients_steps": IG_STEPS}
     return ReportPlan(model=obj.model, objective=obj, data=d, settings=settings, skip=skipped,
                       title=title or f"tfpartials report: {model.name}", kind=kind,
                       feature_names=list(names) if names is not None else None, model_file=model_file,
                       data_file=data_file, model_digest=model_digest, data_digest=data_digest, quiet=quiet,
-                      weights_digest=_weights_digest(model))
+                      weights_digest=_weights_digest(model), strategy=strategy)
 
 
 def _preflight(obj, data) -> None:
@@ -430,7 +432,9 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
         overwrite: replace an existing ``out_dir``.
         **options: ``batch_size``, ``max_examples``, ``probe_examples``, ``per_example_examples``, ``wrt``,
             ``precision``, ``from_logits``, ``target`` (CSV columns), ``allow_nan``, ``trust``, ``title``,
-            ``density_probes``, ``density_steps``, ``check_examples``, ``check_directions``, ``check_what``.
+            ``density_probes``, ``density_steps``, ``check_examples``, ``check_directions``, ``check_what``,
+            ``strategy`` (a ``tf.distribute.Strategy`` for the dataset gradient and the Hessian products; same
+            numbers up to round-off).
 
     Returns:
         The results dict (as written to ``results.json``).

@@ -117,7 +117,7 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     s = plan.settings
     probe = plan.subset(s["probe_examples"])
     model, loss, wrt = plan.objective.model, plan.loss, s["wrt"]
-    op = _one_column_at_a_time(HessianOperator(model, probe, loss=loss, wrt=wrt))
+    op = _one_column_at_a_time(HessianOperator(model, probe, loss=loss, wrt=wrt, strategy=plan.strategy))
     n = int(op.n)
     eig = _top(op, n, int(s["top_k"]), plan.seed("curvature"), top_eigenvalues, plan.quiet)
     eigenvalues = eig["eigenvalues"]

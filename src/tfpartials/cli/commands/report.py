@@ -37,6 +37,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ...reports.run import build_report
+    from ..common import current_strategy
 
     results = build_report(
         args.model, args.data, args.loss, args.out, skip=args.skip, top_k=args.top_k,
@@ -44,7 +45,7 @@ def run(args) -> int:
         overwrite=args.overwrite, batch_size=args.batch_size, max_examples=args.max_examples,
         probe_examples=args.probe_examples, wrt=args.wrt, precision=args.precision,
         from_logits=args.from_logits, target=args.target, allow_nan=args.allow_nan, trust=args.trust,
-        title=args.title)
+        title=args.title, strategy=current_strategy())
     print_summary(args, results, f"{args.out}/index.html")
     return 0
 
