@@ -40,6 +40,18 @@ _EXPORTS: dict[str, str] = {
     # first order w.r.t. parameters
     "gradients": ".autodiff.gradient",
     "value_and_gradients": ".autodiff.gradient",
+    # second order w.r.t. parameters
+    "hvp": ".autodiff.hvp",
+    "FallbackWarning": ".autodiff.hvp",
+    "hessian": ".autodiff.hessian",
+    "HessianResult": ".autodiff.hessian",
+    # curvature operators (one per-batch product each; the base class does the data pass)
+    "LinearOperator": ".linalg.operator",
+    "DenseOperator": ".linalg.dense",
+    "CurvatureOperator": ".linalg.curvature",
+    "HessianOperator": ".linalg.curvature",
+    "GGNOperator": ".linalg.curvature",
+    "FisherOperator": ".linalg.curvature",
     # per-example gradients and their statistics
     "per_example_gradients": ".autodiff.per_example",
     "gradient_statistics": ".autodiff.statistics",

@@ -102,3 +102,58 @@ def test_two_worker_processes_match_single_process(tmp_path):
         assert any(k.startswith("grad/") for k in keys)
         for k in keys:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def _model():
+    return M.mlp(n=N_EXAMPLES, hidden=5)
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_hvp_and_dense_hessian_equal_single_device(replicas):
+    model, x, y = _model()
+    rng = np.random.default_rng(3)
+    n = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    v = rng.normal(size=n).astype("float32")
+    ref = tp.hvp(model, (x, y), v, **KW)
+    s = _strategy(replicas)
+    got = tp.hvp(model, (x, y), v, **KW, strategy=s)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6)
+    H1 = tp.hessian(model, (x, y), **KW).matrix
+    Hs = tp.hessian(model, (x, y), **KW, strategy=s).matrix
+    np.testing.assert_allclose(Hs, H1, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_estimators_equal_single_device(replicas):
+    model, x, y = _model()
+    op1 = tp.HessianOperator(model, (x, y), **KW)
+    ops = tp.HessianOperator(model, (x, y), **KW, strategy=_strategy(replicas))
+    e1 = tp.top_eigenvalues(op1, k=2, seed=0).eigenvalues
+    es = tp.top_eigenvalues(ops, k=2, seed=0).eigenvalues
+    np.testing.assert_allclose(es, e1, rtol=1e-4)
+    t1 = tp.hutchpp_trace(op1, num_matvecs=12, seed=5)
+    ts = tp.hutchpp_trace(ops, num_matvecs=12, seed=5)
+    np.testing.assert_allclose(ts.value, t1.value, rtol=1e-4)
+    assert ts.num_matvecs == t1.num_matvecs
+
+
+def test_cli_devices_flag(tmp_path):
+    """`--devices 2` in a fresh process gives the single-device gradients."""
+    model, x, y = _model()
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_CONFIG", None)
+    common = [sys.executable, "-m", "tfpartials", "gradients", str(tmp_path / "m.keras"), "--data",
+              str(tmp_path / "d.npz"), "--loss", "sparse_categorical_crossentropy", "--from-logits",
+              "--batch-size", "4", "--quiet"]
+    for name, extra in (("one", []), ("two", ["--devices", "2"])):
+        r = subprocess.run(common + ["--out", str(tmp_path / f"{name}.npz")] + extra, env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    for k in a.files:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-7)
+    r = subprocess.run(common + ["--devices", "0"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--devices" in r.stderr and "Traceback" not in r.stderr

@@ -7,16 +7,18 @@ the single-vector computation over the columns with ``tf.vectorized_map`` (pfor)
 matrix-vector product of the network into a matrix-matrix product. Summed over the fixed-shape, masked
 batches with weight 1/N this is the exact dataset HVP.
 
-Not every op vectorises in forward mode (``Conv2D`` wants a loop-invariant filter, recurrent layers have no
-vectorisable forward rule), so each product is built by a :class:`ColumnKernel` that tries, in order,
+Not everything vectorises (pfor has no rule for a ``Conv2D`` whose filter varies with the column and runs it
+in a loop; a Keras LSTM can be neither forward-differentiated nor vectorised), so each product is built by a
+:class:`ColumnKernel` that tries, in order,
 
 * ``"forward"``: forward-over-reverse, vectorised;
 * ``"reverse"``: reverse-over-reverse (the gradient of ``g . v``), vectorised;
 * ``"loop"``: reverse-over-reverse one column at a time in a ``tf.map_fn`` loop,
 
-falls back at trace time when a mode cannot be built, and says so once with a :class:`FallbackWarning`.
-The same kernel computes blocks ``H[out, tan]`` (tangents on some variables, gradients of others), which is
-what :func:`tfpartials.hessian` uses to build only one block triangle.
+falls back at trace time when a mode cannot be built, and says so once with a :class:`FallbackWarning` (also
+when pfor had to loop over some op). The same kernel computes blocks ``H[out, tan]`` (tangents on some
+variables, gradients of others), which is what :func:`tfpartials.hessian` uses to build one block triangle.
+Vectors are processed :data:`MAX_CHUNK` at a time at most, fewer if the memory planner says so.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ __all__ = ["hvp", "hvp_matmat", "hvp_kernel", "ColumnKernel", "FallbackWarning",
            "activation_elements", "MAX_CHUNK"]
 
 Method = Literal["auto", "forward", "reverse", "loop"]
-MAX_CHUNK = 128  # columns per compiled call: larger chunks gain nothing on CPU and cost memory
+MAX_CHUNK = 64  # columns per compiled call: larger chunks gain nothing on CPU (memory-bound) and cost memory
 MODES = ("forward", "reverse", "loop")
 METHODS = ("auto", *MODES)
 _MODE_TEXT = {"forward": "forward-over-reverse (vectorised)", "reverse": "reverse-over-reverse (vectorised)",
@@ -105,8 +107,7 @@ def vectorize_columns(column: Callable[[tf.Tensor], tf.Tensor], T: tf.Tensor, mo
     return tf.vectorized_map(column, T, fallback_to_while_loop=True)
 
 
-def gradient_of(obj: Objective, params: Sequence, x, y, mask, scale, regw, indices: Sequence[int],
-                tape: tf.GradientTape | None = None) -> list:
+def gradient_of(obj: Objective, params: Sequence, x, y, mask, scale, regw, indices: Sequence[int]) -> list:
     """Gradients of one batch's objective w.r.t. ``params[i]`` for ``i`` in ``indices`` (None policy applied)."""
     chosen = [params[i] for i in indices]
     with tf.GradientTape() as inner:
@@ -182,12 +183,13 @@ class ColumnKernel:
     """
 
     def __init__(self, obj: Objective, key: str, build: Callable[[str], Callable], method: str = "auto",
-                 what: str = "Hessian-vector products", shared: _Shared | None = None):
+                 what: str = "Hessian-vector products", shared: _Shared | None = None,
+                 order: Sequence[str] = MODES):
         check_choice("method", method, METHODS)
         self.obj, self.key, self.build, self.what = obj, key, build, what
-        self.modes = list(MODES) if method == "auto" else [method]
+        self.modes = list(order) if method == "auto" else [method]
         self.shared = shared or _Shared()
-        self._ran: set[str] = set()
+        self._ran: set[tuple[str, bool]] = set()  # (mode, single vector): one vector is traced without pfor
 
     @property
     def mode(self) -> str:
@@ -205,7 +207,8 @@ class ColumnKernel:
         while True:
             mode = self.mode
             fn = self.obj.function(f"{self.key}/{mode}", lambda m=mode: self.build(m))
-            if mode in self._ran:
+            variant = (mode, T.shape[0] == 1)
+            if variant in self._ran:
                 return fn(params, x, y, mask, scale, regw, T)
             try:
                 with _tracing_notes() as notes:
@@ -220,7 +223,7 @@ class ColumnKernel:
                 self._warn(f"{self.what}: {_MODE_TEXT[mode]} is not available for this model ({_reason(exc)}); "
                            f"using {_MODE_TEXT[self.mode]} instead (exact, slower)")
                 continue
-            self._ran.add(mode)
+            self._ran.add(variant)
             if notes.looped:
                 self._warn(f"{self.what}: {_MODE_TEXT[mode]} runs {', '.join(notes.looped)} one vector at a time "
                            "(no vectorised rule for it in TensorFlow); exact, slower")
@@ -245,25 +248,29 @@ _KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cached_kernel(obj: Objective, family: str, key: str, build: Callable[[str], Callable],
-                  method: str = "auto", what: str = "Hessian-vector products") -> ColumnKernel:
-    """The :class:`ColumnKernel` of ``obj`` for ``key`` (one per objective, so a fallback is decided once)."""
+                  method: str = "auto", what: str = "Hessian-vector products",
+                  order: Sequence[str] = MODES) -> ColumnKernel:
+    """The :class:`ColumnKernel` of ``obj`` for ``key`` (one per objective, so a fallback is decided once).
+
+    ``order`` is the sequence of modes ``method="auto"`` tries.
+    """
     table = _KERNELS.setdefault(obj, {})
-    kernel = table.get((key, method))
+    kernel = table.get((key, method, tuple(order)))
     if kernel is None:
         shared = table.setdefault(("shared", family, method), _Shared())
-        kernel = ColumnKernel(obj, key, build, method, what, shared)
-        table[(key, method)] = kernel
+        kernel = ColumnKernel(obj, key, build, method, what, shared, order)
+        table[(key, method, tuple(order))] = kernel
     return kernel
 
 
 def batch_hvp_kernel(obj: Objective, method: str = "auto", tangent_vars: Sequence[int] | None = None,
-                     output_vars: Sequence[int] | None = None) -> ColumnKernel:
+                     output_vars: Sequence[int] | None = None, order: Sequence[str] = MODES) -> ColumnKernel:
     """The per-batch kernel of ``H[out, tan]``-products (all variables by default), cached on ``obj``."""
     every = tuple(range(len(obj.space)))
     tan = every if tangent_vars is None else tuple(tangent_vars)
     out = every if output_vars is None else tuple(output_vars)
     key = f"hvp/{','.join(map(str, tan))}/{','.join(map(str, out))}"
-    return cached_kernel(obj, "hvp", key, lambda mode: hvp_kernel(obj, mode, tan, out), method)
+    return cached_kernel(obj, "hvp", key, lambda mode: hvp_kernel(obj, mode, tan, out), method, order=order)
 
 
 def activation_elements(model) -> int:
@@ -332,7 +339,8 @@ def hvp_matmat(obj: Objective, data, V, *, method: str = "auto", quiet: bool = F
 def hvp(model, data, v, loss: Any = None, wrt=None, *, batch_size: int | None = None,
         precision: str | None = None, method: Method = "auto", training: bool = False,
         include_regularization: bool = True, reduction: str = "mean", unconnected: str = "error",
-        from_logits: bool | None = None, allow_nan: bool = False, quiet: bool = False) -> dict[str, np.ndarray]:
+        from_logits: bool | None = None, allow_nan: bool = False, quiet: bool = False,
+        strategy=None) -> dict[str, np.ndarray]:
     """Hessian-vector product ``H v`` of the dataset loss with respect to the chosen variables.
 
     ``H = d^2/dtheta^2 [(1/N) sum_i loss(y_i, model(x_i; theta)) + R(theta)]``, exact over the dataset (N counted
@@ -345,6 +353,7 @@ def hvp(model, data, v, loss: Any = None, wrt=None, *, batch_size: int | None = 
         v: the vector, flat ``(n,)`` in parameter order or a ``{name: array}`` dict.
         loss, wrt, batch_size, precision, unconnected, from_logits: as in :func:`tfpartials.gradients`.
         method: ``"auto"`` (forward-over-reverse, falling back), ``"forward"``, ``"reverse"`` or ``"loop"``.
+        strategy: a ``tf.distribute.Strategy`` spreading the data pass over replicas (same numbers).
 
     Returns:
         ``{name: array}`` keyed by ``<layer>/<variable>``, shaped like the variables.
@@ -359,10 +368,10 @@ def hvp(model, data, v, loss: Any = None, wrt=None, *, batch_size: int | None = 
     """
     obj, d = prepare(model, data, loss, wrt, batch_size=batch_size, precision=precision, training=training,
                      include_regularization=include_regularization, reduction=reduction,
-                     unconnected=unconnected, from_logits=from_logits, allow_nan=allow_nan)
+                     unconnected=unconnected, from_logits=from_logits, allow_nan=allow_nan, strategy=strategy)
     if not isinstance(v, dict) and np.ndim(v) != 1:
         raise InputError(f"v: expected a vector of shape ({obj.space.size},) or a {{name: array}} dict, got shape "
                          f"{np.shape(v)}; for many vectors use HessianOperator(...).matmat(V)")
     vec = obj.space.vector_from(v, obj.dtype)
-    out = hvp_matmat(obj, d, vec[:, None], method=method, quiet=quiet)
+    out = hvp_matmat(obj, d, vec[:, None], method=method, quiet=quiet, strategy=strategy)
     return obj.space.to_dict(out[:, 0].numpy())

@@ -1,30 +1,85 @@
-"""One place that turns user arguments (model, data, loss, wrt, options) into an Objective and its Data."""
+"""One place that turns user arguments (model, data, loss, wrt, options) into an Objective and its Data.
+
+Objectives are cached per model (weakly: the cache dies with the model) and per settings, so the compiled
+per-batch functions they hold are traced once and reused across calls: a second ``tp.gradients`` on new data of
+the same shape does not retrace. The weights are read afresh on every call, so a cached objective always sees
+the model's current weights; a cached float64 copy is re-synchronised from the original before each use.
+"""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
+
+import numpy as np
 
 from ..io.data import Data, load_data
 from ..io.precision import with_precision
 from .objective import Objective
 
-__all__ = ["prepare"]
+__all__ = ["prepare", "objective_for", "clear_cache"]
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _key_part(value: Any):
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return tuple(_key_part(v) for v in value)
+    return ("id", id(value))
+
+
+def clear_cache() -> None:
+    """Forget every cached objective (and its compiled functions)."""
+    _CACHE.clear()
+
+
+def _sync_weights(src, dst) -> None:
+    for s, d in zip(src.weights, dst.weights):
+        val = np.asarray(s.numpy())
+        d.assign(val.astype(d.dtype) if np.issubdtype(val.dtype, np.floating) else val)
+
+
+def objective_for(model, loss: Any = None, wrt=None, *, precision: str | None = None, training: bool = False,
+                  include_regularization: bool = True, reduction: str = "mean", unconnected: str = "error",
+                  from_logits: bool | None = None, strategy=None, jit_compile: bool = False) -> Objective:
+    """The cached :class:`Objective` for ``model`` and these settings (built on first use)."""
+    key = (_key_part(loss), _key_part(wrt), precision, training, include_regularization, reduction, unconnected,
+           from_logits, jit_compile, _key_part(getattr(model, "_tfpartials_loss", None)),
+           tuple(id(v) for v in getattr(model, "trainable_variables", [])))
+    try:
+        per_model = _CACHE.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: no caching
+        per_model = {}
+    obj = per_model.get(key)
+    if obj is None:
+        copy = with_precision(model, precision)
+        obj = Objective(copy, loss, wrt, training=training, include_regularization=include_regularization,
+                        reduction=reduction, unconnected=unconnected, from_logits=from_logits,
+                        strategy=strategy, jit_compile=jit_compile)
+        per_model[key] = obj
+    elif obj.model is not model:
+        _sync_weights(model, obj.model)
+    obj.strategy = strategy
+    return obj
 
 
 def prepare(model, data, loss: Any = None, wrt=None, *, batch_size: int | None = None,
             precision: str | None = None, training: bool = False, include_regularization: bool = True,
             reduction: str = "mean", unconnected: str = "error", from_logits: bool | None = None,
-            allow_nan: bool = False, target=None, strategy=None) -> tuple[Objective, Data]:
-    """Validate everything, build the objective (a float64 copy of the model if asked) and load the data."""
+            allow_nan: bool = False, target=None, strategy=None,
+            jit_compile: bool = False) -> tuple[Objective, Data]:
+    """Validate everything, build (or reuse) the objective and load the data."""
     if isinstance(model, Objective):
         obj = model
         if strategy is not None:
             obj.strategy = strategy
     else:
-        model = with_precision(model, precision)
-        obj = Objective(model, loss, wrt, training=training, include_regularization=include_regularization,
-                        reduction=reduction, unconnected=unconnected, from_logits=from_logits,
-                        strategy=strategy)
+        obj = objective_for(model, loss, wrt, precision=precision, training=training,
+                            include_regularization=include_regularization, reduction=reduction,
+                            unconnected=unconnected, from_logits=from_logits, strategy=strategy,
+                            jit_compile=jit_compile)
     d = load_data(data, batch_size=batch_size, target=target, model=obj.model, loss_name=obj.loss.name,
                   allow_nan=allow_nan, require_targets=True)
     if obj.dtype.name == "float64":

@@ -68,7 +68,7 @@ class CurvatureOperator(LinearOperator):
         strategy: a ``tf.distribute.Strategy`` spreading the batches of every product over replicas.
     """
 
-    kind = "curvature"
+    matrix_name = "curvature"
 
     def __init__(self, model, data, loss: Any = None, wrt=None, *, batch_size: int | None = None,
                  precision: str | None = None, method: str = "auto", training: bool = False,
@@ -98,7 +98,7 @@ class CurvatureOperator(LinearOperator):
     def _data_pass(self, step, *extra) -> tf.Tensor:
         """Exact sum of ``step`` over the batches (the one place that iterates the data)."""
         return accumulate(self.objective, self.data, step, self._params, *extra,
-                          description=f"{self.kind} product", quiet=self.quiet, strategy=self.strategy)
+                          description=f"{self.matrix_name} product", quiet=self.quiet, strategy=self.strategy)
 
     def _matmat(self, V):
         if self._chunk is None:
@@ -107,13 +107,13 @@ class CurvatureOperator(LinearOperator):
                                 self._chunk)
 
     def to_dense(self, chunk: int | None = None) -> tf.Tensor:
-        """The dense ``(n, n)`` matrix from products with identity columns, ``chunk`` (default 128) at a time."""
+        """The dense ``(n, n)`` matrix from products with identity columns, ``chunk`` (default 64) at a time."""
         self._check_dense()
         return super().to_dense(chunk or MAX_CHUNK)
 
     def _check_dense(self) -> None:
         require_fits(self.n * self.n * self.dtype.size, DEFAULT_DENSE_LIMIT,
-                     f"the dense {self.kind} matrix of {self.n:,} parameters", _DENSE_ALTERNATIVE)
+                     f"the dense {self.matrix_name} matrix of {self.n:,} parameters", _DENSE_ALTERNATIVE)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={self.n}, dtype={self.dtype.name}, loss={self.objective.loss.name!r}, "
@@ -176,7 +176,7 @@ class HessianOperator(CurvatureOperator):
         [1.0, 0.0, 1.0]
     """
 
-    kind = "Hessian"
+    matrix_name = "Hessian"
 
     def _batch_matmat(self, params, x, y, mask, scale, regw, T):
         return batch_hvp_kernel(self.objective, self.method)(params, x, y, mask, scale, regw, T)
@@ -212,7 +212,7 @@ class GGNOperator(CurvatureOperator):
         (True, [0.0, 4.0, 2.0])
     """
 
-    kind = "GGN"
+    matrix_name = "Gauss-Newton"
 
     def _is_psd(self) -> bool:
         obj = self.objective
@@ -316,7 +316,7 @@ class FisherOperator(CurvatureOperator):
         TensorShape([2, 2])
     """
 
-    kind = "Fisher"
+    matrix_name = "Fisher"
 
     def __init__(self, model, data, loss: Any = None, wrt=None, *, kind: FisherKind = "empirical",
                  seed: int = 0, num_samples: int = 1, **kwargs):

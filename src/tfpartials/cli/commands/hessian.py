@@ -54,10 +54,12 @@ def run(args) -> int:
         check_output_path(args.out, args.overwrite)
     model, data = load_model_and_data(args)
     from ...autodiff.hessian import hessian
+    from ..common import current_strategy
 
     result = hessian(model, data, loss=args._loss, wrt=args.wrt, max_memory=args.max_memory,
                      precision=args.precision, method=args.method, unconnected=args.unconnected,
-                     include_regularization=not args.no_regularization, quiet=args.quiet)
+                     include_regularization=not args.no_regularization, quiet=args.quiet,
+                     strategy=current_strategy())
     H = result.matrix
     if not args.quiet:
         rows = _table_rows(result)

@@ -69,7 +69,9 @@ def run(args) -> int:
     obj, data = prepare(model, data, args._loss, args.wrt, precision=args.precision,
                         include_regularization=not args.no_regularization, unconnected=args.unconnected)
     flat_v = obj.space.vector_from(v, obj.dtype).numpy()
-    hv = hvp(obj, data, flat_v, method=args.method, quiet=args.quiet)
+    from ..common import current_strategy
+
+    hv = hvp(obj, data, flat_v, method=args.method, quiet=args.quiet, strategy=current_strategy())
     if not args.quiet:
         rows = []
         for name, a in hv.items():
