@@ -68,12 +68,22 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller problems, fewer repeats")
     ap.add_argument("--only", nargs="*", default=None, help="topics to run (e.g. hessian per_example)")
     ap.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--from-results", action="store_true",
+                    help="do not run anything: collect benchmarks/results/<topic>.json from earlier runs")
     args = ap.parse_args(argv)
     topics = sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
     if args.only:
         topics = [t for t in topics if t in args.only]
     rows, errors = [], {}
     t0 = time.perf_counter()
+    if args.from_results:
+        for topic in topics:
+            path = RESULTS / f"{topic}.json"
+            if path.exists():
+                rows.extend(json.loads(path.read_text())["rows"])
+            else:
+                errors[topic] = "no results yet (run python benchmarks/bench_" + topic + ".py)"
+        topics = []
     for topic in topics:
         print(f"== {topic}", flush=True)
         try:
