@@ -47,7 +47,9 @@ def write_markdown(result: dict, path: Path) -> None:
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, no GPU",
         f"- Software: Python {m['python']}, TensorFlow {v.get('tensorflow')}, Keras {v.get('keras')}, "
         f"NumPy {v.get('numpy')}, JAX {v.get('jax') or 'not installed'}, torch {v.get('torch') or 'not installed'}",
-        f"- Date: {m['date']}; mode: {'quick' if result.get('quick') else 'full'}",
+        f"- Date: {m['date']}; mode: {'quick' if result.get('quick') else 'full'}"
+        + ("; rows collected from each topic's own latest run (some measured while other work shared the "
+           "cores: re-run for clean numbers)" if result.get("collected") else ""),
         "",
         "| benchmark | case | value | unit | baseline | baseline value | ratio | target | meets |",
         "|---|---|---:|---|---|---:|---:|---|---|",
@@ -97,7 +99,8 @@ def main(argv=None) -> int:
         except Exception as exc:  # one failing benchmark does not hide the others
             traceback.print_exc()
             errors[topic] = f"{type(exc).__name__}: {exc}"
-    result = {"machine": machine(), "peers": peers(), "quick": args.quick, "rows": rows, "errors": errors,
+    result = {"machine": machine(), "peers": peers(), "quick": args.quick, "collected": args.from_results,
+              "rows": rows, "errors": errors,
               "seconds": time.perf_counter() - t0}
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_markdown:
