@@ -379,7 +379,7 @@ def load_data(
     for i, a in enumerate(xs[1:], 1):
         if len(a) != n:
             raise InputError(f"inputs: input {i} has {len(a)} examples, input 0 has {n}")
-    for j, a in enumerate(ys):
+    for a in ys:
         if a.ndim == 0:
             raise InputError("targets: expected an array with a leading example axis, got a scalar")
         _check_numeric("targets", a, allow_nan)

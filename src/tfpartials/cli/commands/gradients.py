@@ -21,8 +21,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from ..common import current_strategy, load_model_and_data, print_table
     from ...reports.writers import check_output_path, save_npz
+    from ..common import current_strategy, load_model_and_data, print_table
 
     if args.out:
         check_output_path(args.out, args.overwrite)

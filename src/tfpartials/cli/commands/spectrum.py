@@ -71,7 +71,6 @@ def _validate(args) -> None:
 
 def _operator(args, model, data):
     from ...linalg.curvature import FisherOperator, GGNOperator, HessianOperator
-
     from ..common import current_strategy
 
     cls = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}[args.operator]
