@@ -8,7 +8,7 @@ import numpy as np
 
 from .._backend import tf
 from .objective import Objective
-from .problem import prepare
+from .problem import objective_for, prepare
 from .risk import accumulate
 
 __all__ = ["gradients", "value_and_gradient", "batch_gradient_function", "value_and_gradients"]
@@ -80,7 +80,7 @@ def value_and_gradients(model, x, y, loss: Any = None, wrt=None, *, training: bo
     variables by default, in ``model.trainable_variables`` order), ready for ``optimizer.apply_gradients``.
     The loss is the mean per-example loss (weighted by ``sample_weight``) plus regularisation.
     """
-    obj = _cached_objective(model, loss, wrt, training, include_regularization)
+    obj = objective_for(model, loss, wrt, training=training, include_regularization=include_regularization)
     params = obj.space.values()
     x = tf.nest.map_structure(tf.convert_to_tensor, x)
     with tf.GradientTape() as tape:
@@ -95,15 +95,3 @@ def value_and_gradients(model, x, y, loss: Any = None, wrt=None, *, training: bo
         value = value + obj.regularization(losses)
     grads = obj.checked_gradient(tape, value, params)
     return value, grads
-
-
-_OBJECTIVES: dict = {}
-
-
-def _cached_objective(model, loss, wrt, training, reg):
-    key = (id(model), repr(loss), repr(wrt), training, reg)
-    obj = _OBJECTIVES.get(key)
-    if obj is None or obj.model is not model:
-        obj = Objective(model, loss, wrt, training=training, include_regularization=reg)
-        _OBJECTIVES[key] = obj
-    return obj
