@@ -111,6 +111,13 @@ _EXPORTS: dict[str, str] = {
     # report
     "build_report": ".reports.run",
     "load_results": ".reports.records",
+    # influence functions and training-data attribution
+    "influence": ".influence",
+    "self_influence": ".influence",
+    "InfluenceResult": ".influence",
+    "SelfInfluenceResult": ".influence",
+    "leave_one_out_check": ".influence",
+    "LeaveOneOutResult": ".influence",
     # bundled examples (no download)
     "digits_cnn": ".examples",
     "diabetes_mlp": ".examples",
