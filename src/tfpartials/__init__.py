@@ -84,6 +84,8 @@ _EXPORTS: dict[str, str] = {
     "partial_derivative": ".inputs.partials",
     "laplacian": ".inputs.laplacian",
     "divergence": ".inputs.laplacian",
+    "sensitivity": ".inputs.sensitivity",
+    "SensitivityResult": ".inputs.sensitivity",
     # attribution
     "AttributionMethod": ".attribution",
     "Saliency": ".attribution",
@@ -108,6 +110,12 @@ _EXPORTS: dict[str, str] = {
     "NonFinite": ".verification.diagnostics",
     "TrainingDependence": ".verification.diagnostics",
     "with_precision": ".io.precision",
+    # Bayesian: Laplace approximation and calibration
+    "Laplace": ".bayes",
+    "LaplacePrediction": ".bayes",
+    "calibration": ".bayes",
+    "CalibrationResult": ".bayes",
+    "plot_reliability": ".bayes",
     # report
     "build_report": ".reports.run",
     "load_results": ".reports.records",
@@ -125,7 +133,7 @@ _EXPORTS: dict[str, str] = {
 
 # subpackages reachable as attributes (tp.callbacks.GradientMonitor, tp.distribute.make_strategy, ...)
 _SUBMODULES = {"callbacks", "distribute", "estimators", "attribution", "inputs", "verification", "linalg",
-               "autodiff", "io", "reports", "examples"}
+               "autodiff", "io", "reports", "examples", "bayes"}
 
 __all__ = sorted(_EXPORTS)
 
