@@ -307,8 +307,8 @@ def self_influence(model, train, loss: Any = None, *, method: Method = "exact", 
     ``tracin``; for ``cg`` and ``lissa`` one iterative solve per training example (batched per chunk).
 
     Args:
-        model, train, loss, method, damping, curvature, wrt, rank, tol, max_iterations, batch_size, precision,
-        max_memory, from_logits, unconnected, quiet: as in :func:`influence`.
+        model, train, loss, method, damping, curvature, wrt, rank, tol: as in :func:`influence`, and so are
+            max_iterations, batch_size, precision, max_memory, from_logits, unconnected and quiet.
 
     Returns:
         :class:`SelfInfluenceResult` with ``scores (N,)`` and ``.top(k)``.
