@@ -270,7 +270,7 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
     test_plan = plan_chunks(n_test, per_test, budget=budget, fixed=fixed, what="influence test batch")
     engine = PerExampleEngine(grad_obj)
     train_chunk = plan_per_example(grad_obj, train_d, max_memory=max_memory)
-    test_chunk = plan_per_example(grad_obj, test_d, max_memory=max_memory)
+    test_chunk = train_chunk  # same chunk shape for both passes: the compiled gradient function is traced once
     scores = np.zeros((n_test, N), np.float64)
     for t0, t1 in test_plan.ranges():
         part = test_d if (t0, t1) == (0, n_test) else _subset(test_d, t0, t1, grad_obj)
