@@ -52,6 +52,9 @@ _EXPORTS: dict[str, str] = {
     "HessianOperator": ".linalg.curvature",
     "GGNOperator": ".linalg.curvature",
     "FisherOperator": ".linalg.curvature",
+    "KFACOperator": ".linalg.kfac",
+    "EKFACOperator": ".linalg.kfac",
+    "KFACBlock": ".linalg.kfac",
     # per-example gradients and their statistics
     "per_example_gradients": ".autodiff.per_example",
     "gradient_statistics": ".autodiff.statistics",

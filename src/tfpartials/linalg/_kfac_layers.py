@@ -1,0 +1,288 @@
+"""Layer taps for Kronecker-factored curvature: which layers form Kronecker blocks, and one pass that records
+their inputs and pre-activation outputs without touching the user's model.
+
+The model is re-evaluated node by node through its own Keras graph (``Functional._run_through_graph``): a
+supported layer is replaced, for this evaluation only, by the same linear map written out here on the
+parameter tensors (so the pre-activation ``z`` exists as a tensor the tape watches, and the layer's input is
+at hand); every other layer runs through its own ``stateless_call``. Nothing is patched or assigned, and the
+re-evaluation is checked against ``model.stateless_call`` on the first batch before it is trusted.
+
+A tapped layer yields ``a`` of shape ``(B, R, d_in)`` (its input features at ``R`` weight-sharing positions:
+sequence steps, convolution patches) and ``z`` whose gradient reshapes to ``(B, R, d_out)``, with
+``z[b, r, :] = a[b, r, :] @ W + bias`` and ``W`` the kernel reshaped to ``(d_in, d_out)``.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._backend import keras, tf
+from .._checks import InputError
+
+__all__ = ["Tapped", "find_layers", "tapped_forward"]
+
+
+def _classes(*names: str) -> tuple:
+    return tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n))
+
+
+_NORMALIZATION = _classes("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization",
+                          "SpectralNormalization")
+
+
+@dataclass
+class Tapped:
+    """One layer whose kernel (and bias) form a Kronecker block."""
+
+    layer: Any
+    name: str                 # layer path, e.g. "block/dense_1"
+    kind: str                 # dense | einsum | conv | embedding
+    kernel: Any               # keras variable or None (not selected)
+    bias: Any                 # keras variable or None (absent or not selected)
+    d_in: int
+    d_out: int
+    kernel_order: np.ndarray  # row-major (d_in, d_out) position -> index into the kernel's own flattening
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def d_a(self) -> int:
+        return (self.d_in if self.kernel is not None else 0) + (1 if self.bias is not None else 0)
+
+
+def _iter_layers(layer, prefix=""):
+    subs = getattr(layer, "_layers", None)
+    if subs is None:
+        subs = getattr(layer, "layers", [])
+    for sub in subs:
+        if isinstance(sub, keras.layers.Layer):
+            path = f"{prefix}{sub.name}"
+            yield sub, path
+            yield from _iter_layers(sub, path + "/")
+
+
+def _einsum_plan(layer) -> dict:
+    """Axes of an EinsumDense equation: batch+shared letters, contracted (input) and output kernel letters."""
+    eq = layer.equation.replace(" ", "")
+    lhs, out = eq.split("->")
+    inp, ker = lhs.split(",")
+    if "..." in inp:
+        free = [c for c in string.ascii_letters if c not in eq]
+        n_ell = len(layer.full_output_shape) - (len(out) - 3)
+        ell = "".join(free[:n_ell])
+        inp, out = inp.replace("...", ell), out.replace("...", ell)
+    if "..." in ker or "..." in inp:
+        raise InputError(f"KFAC: EinsumDense layer {layer.name!r} with equation {layer.equation!r} is not supported")
+    k_in = [c for c in ker if c in inp and c not in out]
+    k_out = [c for c in ker if c in out and c not in inp]
+    if len(k_in) + len(k_out) != len(ker) or inp[0] != out[0] or any(c not in out for c in inp if c not in ker):
+        raise InputError(f"KFAC: EinsumDense layer {layer.name!r}: equation {layer.equation!r} is not a plain "
+                         "contraction of input features (exclude it with wrt=...)")
+    shared = [c for c in inp[1:] if c not in ker]
+    return {"inp": inp, "ker": ker, "out": out, "k_in": k_in, "k_out": k_out, "shared": shared}
+
+
+def _kernel_order(shape, axes_in: list[int], axes_out: list[int]) -> np.ndarray:
+    idx = np.arange(int(np.prod(shape))).reshape(shape)
+    return np.transpose(idx, axes_in + axes_out).reshape(-1)
+
+
+def find_layers(model, space) -> tuple[list[Tapped], list[tuple[str, Any]]]:
+    """The tapped layers and the (name, variable) pairs that get exact diagonal blocks.
+
+    Raises:
+        InputError: a selected variable belongs to a layer that is neither supported nor a normalisation layer.
+    """
+    selected = {id(v): n for v, n in zip(space.variables, space.names)}
+    tapped: list[Tapped] = []
+    diagonal: list[tuple[str, Any]] = []
+    claimed: set[int] = set()
+    for layer, path in _iter_layers(model):
+        own = [v for v in getattr(layer, "_trainable_variables", []) if id(v) in selected]
+        if not own:
+            continue
+        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            raise InputError(f"KFAC: layer {path!r} is LoRA-enabled or quantised; not supported (exclude it "
+                             "with wrt=...)")
+        spec = _spec(layer, path, selected)
+        if spec is not None:
+            tapped.append(spec)
+            claimed.update(id(v) for v in (spec.kernel, spec.bias) if v is not None)
+        elif isinstance(layer, _NORMALIZATION):
+            for v in own:
+                diagonal.append((selected[id(v)], v))
+                claimed.add(id(v))
+    for v, n in zip(space.variables, space.names):
+        if id(v) not in claimed:
+            raise InputError(f"KFAC: parameter {n!r} belongs to a layer without a Kronecker-factored form "
+                             "(supported: Dense, EinsumDense, Conv1D/2D, DepthwiseConv2D, Embedding; "
+                             "normalisation layers get their exact diagonal); exclude it with wrt=...")
+    return tapped, diagonal
+
+
+def _spec(layer, path: str, selected: dict) -> Tapped | None:
+    def sel(var):
+        return var if var is not None and id(var) in selected else None
+
+    kernel = getattr(layer, "kernel", None) if not isinstance(layer, keras.layers.Embedding) else None
+    bias = sel(getattr(layer, "bias", None)) if getattr(layer, "use_bias", False) else None
+    if isinstance(layer, keras.layers.Embedding):
+        emb = layer.embeddings
+        v, d = (int(s) for s in emb.shape)
+        return Tapped(layer, path, "embedding", sel(emb), None, v, d, np.arange(v * d))
+    if isinstance(layer, keras.layers.Dense):
+        d_in, d_out = (int(s) for s in kernel.shape)
+        return Tapped(layer, path, "dense", sel(kernel), bias, d_in, d_out, np.arange(d_in * d_out))
+    if isinstance(layer, keras.layers.EinsumDense):
+        plan = _einsum_plan(layer)
+        shape = tuple(int(s) for s in kernel.shape)
+        ax_in = [plan["ker"].index(c) for c in plan["k_in"]]
+        ax_out = [plan["ker"].index(c) for c in plan["k_out"]]
+        d_in = int(np.prod([shape[a] for a in ax_in]))
+        d_out = int(np.prod([shape[a] for a in ax_out]))
+        if bias is not None:
+            bias_letters = layer.bias_axes or ""
+            if [c for c in plan["out"] if c in bias_letters] != plan["k_out"]:
+                raise InputError(f"KFAC: EinsumDense layer {path!r}: bias axes {bias_letters!r} do not span the "
+                                 "kernel's output axes; exclude its bias with wrt=...")
+        return Tapped(layer, path, "einsum", sel(kernel), bias, d_in, d_out,
+                      _kernel_order(shape, ax_in, ax_out), {"plan": plan})
+    conv_classes = _classes("Conv1D", "Conv2D")
+    if isinstance(layer, conv_classes) and not isinstance(layer, _classes("Conv1DTranspose", "Conv2DTranspose",
+                                                                          "DepthwiseConv1D", "DepthwiseConv2D",
+                                                                          "SeparableConv1D", "SeparableConv2D")):
+        if getattr(layer, "groups", 1) != 1:
+            raise InputError(f"KFAC: grouped convolution {path!r} (groups={layer.groups}) is not supported")
+        if layer.data_format != "channels_last":
+            raise InputError(f"KFAC: convolution {path!r} uses data_format={layer.data_format!r}; only "
+                             "channels_last is supported")
+        shape = tuple(int(s) for s in kernel.shape)
+        d_out = shape[-1]
+        d_in = int(np.prod(shape[:-1]))
+        return Tapped(layer, path, "conv", sel(kernel), bias, d_in, d_out, np.arange(d_in * d_out))
+    return None
+
+
+# ------------------------------------------------------------------------------------------ linear maps
+def _patches(x, layer):
+    """Unfolded input patches ``(B, R, k*... *c_in)`` in the kernel's row-major order, and the padded input."""
+    rank = len(layer.kernel_size)
+    strides, rates = list(layer.strides), list(layer.dilation_rate)
+    ksize = list(layer.kernel_size)
+    padding = layer.padding.upper()
+    if rank == 1:
+        if padding == "CAUSAL":
+            x = tf.pad(x, [[0, 0], [rates[0] * (ksize[0] - 1), 0], [0, 0]])
+            padding = "VALID"
+        x = x[:, None]
+        ksize, strides, rates = [1] + ksize, [1] + strides, [1] + rates
+    p = tf.image.extract_patches(x, sizes=[1, *ksize, 1], strides=[1, *strides, 1], rates=[1, *rates, 1],
+                                 padding=padding)
+    return tf.reshape(p, (tf.shape(p)[0], -1, p.shape[-1]))
+
+
+def _conv(x, kernel, layer):
+    padding = layer.padding.upper()
+    if padding == "CAUSAL":
+        r, k = layer.dilation_rate[0], layer.kernel_size[0]
+        x = tf.pad(x, [[0, 0], [r * (k - 1), 0], [0, 0]])
+        padding = "VALID"
+    return tf.nn.convolution(x, kernel, strides=list(layer.strides), padding=padding,
+                             dilations=list(layer.dilation_rate))
+
+
+def _linear(spec: Tapped, x, kernel, bias):
+    """``(a (B, R, d_in), z, to_rows)``: features, pre-activation output, ``g -> (B, R, d_out)``."""
+    layer = spec.layer
+    if spec.kind == "embedding":
+        idx = tf.cast(x, tf.int32)
+        z = tf.gather(kernel, idx)
+        a = tf.one_hot(tf.reshape(idx, (tf.shape(idx)[0], -1)), spec.d_in, dtype=kernel.dtype)
+        return a, z, lambda g: tf.reshape(g, (tf.shape(g)[0], -1, spec.d_out))
+    x = tf.cast(x, kernel.dtype)
+    if spec.kind == "dense":
+        z = tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
+        a = tf.reshape(x, (tf.shape(x)[0], -1, spec.d_in))
+        if bias is not None:
+            z = z + bias
+        return a, z, lambda g: tf.reshape(g, (tf.shape(g)[0], -1, spec.d_out))
+    if spec.kind == "einsum":
+        plan = spec.extra["plan"]
+        z = tf.einsum(f"{plan['inp']},{plan['ker']}->{plan['out']}", x, kernel)
+        if bias is not None:
+            z = z + tf.reshape(bias, [s if c in (layer.bias_axes or "") else 1
+                                      for c, s in zip(plan["out"], z.shape)][1:])
+        lead = plan["inp"][0] + "".join(plan["shared"])
+        a = tf.einsum(f"{plan['inp']}->{lead}{''.join(plan['k_in'])}", x)
+        a = tf.reshape(a, (tf.shape(x)[0], -1, spec.d_in))
+
+        def to_rows(g):
+            g = tf.einsum(f"{plan['out']}->{lead}{''.join(plan['k_out'])}", g)
+            return tf.reshape(g, (tf.shape(g)[0], -1, spec.d_out))
+
+        return a, z, to_rows
+    # convolution
+    z = _conv(x, kernel, layer)
+    if bias is not None:
+        z = z + bias
+    return _patches(x, layer), z, lambda g: tf.reshape(g, (tf.shape(g)[0], -1, spec.d_out))
+
+
+def _activation(layer, z):
+    act = getattr(layer, "activation", None)
+    return z if act is None else act(z)
+
+
+# ------------------------------------------------------------------------------------------ the traversal
+def _is_graph_model(m) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(m, Functional) or (isinstance(m, keras.Sequential) and getattr(m, "_functional", None))
+
+
+def tapped_forward(model, values: dict, x, tapped: dict, on_tap, training: bool = False):
+    """Outputs of ``model`` at ``values`` (``id(variable) -> tensor``) with each tapped layer evaluated as its
+    linear map; ``on_tap(spec, a, z, to_rows)`` sees the features and the pre-activation (and must return z,
+    e.g. after ``tape.watch``)."""
+    def own(layer, trainable: bool):
+        vs = layer.trainable_variables if trainable else layer.non_trainable_variables
+        return [values[id(v)] for v in vs]
+
+    def wrap(op):
+        spec = tapped.get(id(op))
+        if spec is not None:
+            def call(inp, *args, **kwargs):
+                if args or isinstance(inp, list | tuple | dict):
+                    raise InputError(f"KFAC: layer {spec.name!r} is called with several inputs; not supported")
+                kernel = values[id(op.embeddings if spec.kind == "embedding" else op.kernel)]
+                bias = values[id(op.bias)] if getattr(op, "use_bias", False) and op.bias is not None else None
+                a, z, to_rows = _linear(spec, inp, kernel, bias)
+                z = on_tap(spec, a, z, to_rows)
+                return _activation(op, z)
+            return call
+        if isinstance(op, keras.Model):
+            return lambda inp, *a, **k: tapped_forward(op, values, inp, tapped, on_tap, training)
+        if isinstance(op, keras.layers.Layer):
+            if op.variables:
+                return lambda *a, **k: op.stateless_call(own(op, True), own(op, False), *a,
+                                                         **{**k, "training": training})[0]
+            return lambda *a, **k: op(*a, **{**k, "training": training})
+        return op
+
+    if isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is None:
+        out = x
+        for layer in model.layers:
+            out = wrap(layer)(out)
+        return out
+    if not _is_graph_model(model):
+        raise InputError(f"KFAC: model {model.name!r} is a subclassed model; its layers cannot be re-evaluated "
+                         "one by one (build it with the Sequential or functional API)")
+    fn = model._functional if isinstance(model, keras.Sequential) else model
+    inputs = fn._standardize_inputs(x)
+    outputs = fn._run_through_graph(inputs, operation_fn=wrap)
+    if isinstance(outputs, list | tuple) and len(outputs) == 1:
+        return outputs[0]
+    return outputs

@@ -1,0 +1,289 @@
+"""KFAC / EKFAC against independent float64 references: Gauss-Newton blocks from Jacobians by nested tapes on a
+hand-made float64 clone, per-example gradients by tape, numpy unfolding of convolution patches."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import models as M
+from tests.references import float64_clone
+from tfpartials import InputError, ResourceError
+from tfpartials.linalg.kfac import EKFACOperator, KFACBlock, KFACOperator
+
+
+# ------------------------------------------------------------------------------------------ references
+def _output_hessian(loss: str, out: np.ndarray) -> np.ndarray:
+    """Closed-form Hessian of one example's loss w.r.t. its outputs (C,)."""
+    if loss == "mse":
+        return 2.0 / out.size * np.eye(out.size)
+    z = out - out.max()
+    p = np.exp(z) / np.exp(z).sum()
+    return np.diag(p) - np.outer(p, p)  # softmax cross-entropy from logits
+
+
+def reference_ggn(model, x, loss: str) -> np.ndarray:
+    """(1/N) sum_n J_n^T H_n J_n in float64, J from tape.jacobian on a float64 clone (all trainable variables)."""
+    clone = float64_clone(model)
+    tv = clone.trainable_variables
+    G = 0.0
+    for xn in np.asarray(x, np.float64):
+        with tf.GradientTape() as tape:
+            out = tf.reshape(clone(xn[None], training=False), [-1])
+        jac = tape.jacobian(out, tv)
+        J = np.concatenate([np.reshape(j.numpy(), (out.shape[0], -1)) for j in jac], axis=1)
+        G = G + J.T @ _output_hessian(loss, out.numpy()) @ J
+    return G / len(x)
+
+
+def per_example_gradients(model, x, y, loss: str) -> np.ndarray:
+    """(N, n) per-example loss gradients in float64 by tape (independent of the library)."""
+    clone = float64_clone(model)
+    rows = []
+    for xn, yn in zip(np.asarray(x, np.float64), y):
+        with tf.GradientTape() as tape:
+            out = clone(xn[None], training=False)[0]
+            if loss == "mse":
+                value = tf.reduce_mean((out - yn) ** 2)
+            else:
+                value = -tf.nn.log_softmax(out)[int(yn)]
+        rows.append(np.concatenate([g.numpy().ravel() for g in tape.gradient(value, clone.trainable_variables)]))
+    return np.array(rows)
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+# ------------------------------------------------------------------------------------------ Dense
+def test_single_example_type2_blocks_equal_exact_ggn_blocks():
+    model, x, y = M.mlp(n=1)
+    K = KFACOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, precision="float64",
+                     quiet=True)
+    G = reference_ggn(model, x, "ce")
+    assert [b.layer for b in K.blocks] == ["h1", "h2", "logits"]
+    for b in K.blocks:
+        assert b.kind == "kronecker" and b.contiguous and b.names == (f"{b.layer}/kernel", f"{b.layer}/bias")
+        sl = slice(b.offset, b.offset + b.size)
+        assert _rel(np.kron(b.A, b.B), G[sl, sl]) < 1e-6
+
+
+def test_single_dense_layer_mse_equals_exact_ggn_at_any_n():
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="lin")])
+    model.set_weights([rng.normal(size=(3, 2)), rng.normal(size=2)])
+    x, y = rng.normal(size=(13, 3)), rng.normal(size=(13, 2))
+    K = KFACOperator(model, (x, y), loss="mse", precision="float64", batch_size=5, quiet=True)
+    G = reference_ggn(model, x, "mse")
+    np.testing.assert_allclose(K.to_dense().numpy(), G, rtol=1e-10, atol=1e-12)
+    assert K.num_examples == 13
+
+
+@pytest.fixture(scope="module")
+def mlp_ops():
+    model, x, y = M.mlp(n=12)
+    kw = dict(loss="sparse_categorical_crossentropy", from_logits=True, precision="float64", quiet=True,
+              batch_size=5)
+    return model, x, y, KFACOperator(model, (x, y), **kw), EKFACOperator(model, (x, y), **kw)
+
+
+@pytest.mark.parametrize("which", [3, 4])
+def test_inverse_logdet_spectrum_against_dense(mlp_ops, which):
+    op = mlp_ops[which]
+    D = op.to_dense().numpy()
+    lam = 0.3
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=op.n)
+    inv = op.inverse(lam)
+    back = inv @ ((op @ v).numpy() + lam * v)
+    np.testing.assert_allclose(back.numpy(), v, rtol=0, atol=1e-6 * np.abs(v).max())
+    sign, ref = np.linalg.slogdet(D + lam * np.eye(op.n))
+    assert sign == 1 and abs(op.logdet(lam) - ref) < 1e-8 * abs(ref)
+    np.testing.assert_allclose(op.eigenvalues(), np.sort(np.linalg.eigvalsh(D))[::-1], atol=1e-10)
+    assert np.isclose(op.trace(), np.trace(D), rtol=1e-10)
+    assert np.isclose(op.frobenius_norm(), np.linalg.norm(D), rtol=1e-10)
+    assert inv.symmetric and inv.psd and (2.0 * op).n == op.n
+
+
+def test_pi_damped_inverse_is_the_inverse_of_the_damped_factors(mlp_ops):
+    K = mlp_ops[3]
+    lam = 0.05
+    inv = K.inverse(lam, pi_damping=True).to_dense().numpy()
+    for b in K.blocks:
+        da, db = b.A.shape[0], b.B.shape[0]
+        pi = np.sqrt((np.trace(b.A) / da) / (np.trace(b.B) / db))
+        ref = np.linalg.inv(np.kron(b.A + pi * np.sqrt(lam) * np.eye(da), b.B + np.sqrt(lam) / pi * np.eye(db)))
+        np.testing.assert_allclose(inv[np.ix_(b.indices, b.indices)], ref, rtol=1e-8, atol=1e-10)
+    with pytest.raises(InputError, match="pi_damping: EKFAC"):
+        mlp_ops[4].inverse(lam, pi_damping=True)
+
+
+def test_ekfac_is_closer_to_the_ggn_than_kfac(mlp_ops):
+    model, x, _, K, E = mlp_ops
+    G = reference_ggn(model, x, "ce")
+    mask = np.zeros_like(G)
+    for b in K.blocks:
+        mask[np.ix_(b.indices, b.indices)] = 1
+    Gb = G * mask
+    err_k = np.linalg.norm(K.to_dense().numpy() - Gb)
+    err_e = np.linalg.norm(E.to_dense().numpy() - Gb)
+    assert err_e < err_k
+    # same eigenbasis: EKFAC's eigenvectors are KFAC's
+    for bk, be in zip(K.blocks, E.blocks):
+        np.testing.assert_allclose(be.A_eig[1], bk.A_eig[1])
+
+
+def test_ekfac_eigenvalues_are_projected_gradient_second_moments():
+    model, x, y = M.mlp(n=17)
+    E = EKFACOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, fisher="empirical",
+                      precision="float64", quiet=True, batch_size=6)
+    grads = per_example_gradients(model, x, y, "ce")
+    for b in E.blocks:
+        (_, QA), (_, QB) = b.A_eig, b.B_eig
+        Gn = grads[:, b.indices].reshape(len(x), QA.shape[0], QB.shape[0])
+        ref = np.mean(np.einsum("ia,nij,jc->nac", QA, Gn, QB) ** 2, axis=0)
+        np.testing.assert_allclose(b.corrected, ref, rtol=1e-9, atol=1e-13)
+
+
+def test_empirical_kfac_single_example_is_gradient_outer_product():
+    model, x, y = M.regression_mlp(n=1)
+    K = KFACOperator(model, (x, y), loss="mse", fisher="empirical", precision="float64", quiet=True)
+    g = per_example_gradients(model, x, y, "mse")[0]
+    for b in K.blocks:
+        gb = g[b.indices]
+        np.testing.assert_allclose(b.to_dense(), np.outer(gb, gb), rtol=1e-9, atol=1e-13)
+
+
+def test_mc_is_seeded_and_close_to_type2_with_many_samples():
+    model, x, y = M.regression_mlp(n=9)
+    kw = dict(loss="mse", precision="float64", quiet=True)
+    a = KFACOperator(model, (x, y), fisher="mc", mc_samples=400, seed=3, **kw)
+    b = KFACOperator(model, (x, y), fisher="mc", mc_samples=400, seed=3, **kw)
+    t2 = KFACOperator(model, (x, y), **kw)
+    np.testing.assert_array_equal(a.to_dense().numpy(), b.to_dense().numpy())
+    assert _rel(a.to_dense().numpy(), t2.to_dense().numpy()) < 0.15
+
+
+def test_normalisation_variables_get_their_exact_ggn_diagonal():
+    model, x, y = M.batchnorm_dropout_model(n=7)
+    K = KFACOperator(model, (x, y), loss="mse", precision="float64", quiet=True)
+    G = reference_ggn(model, x, "mse")
+    kinds = {b.layer: b.kind for b in K.blocks}
+    assert kinds == {"d1": "kronecker", "bn": "diagonal", "out": "kronecker"}
+    for b in K.blocks:
+        if b.kind == "diagonal":
+            np.testing.assert_allclose(b.diag, np.diag(G)[b.indices], rtol=1e-9, atol=1e-14)
+            with pytest.raises(InputError, match="diagonal"):
+                b.A_eig  # noqa: B018
+
+
+def test_wrt_kernel_only_and_model_untouched():
+    model, x, y = M.mlp(n=5)
+    before = [w.copy() for w in model.get_weights()]
+    act = model.get_layer("h1").activation
+    K = KFACOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, wrt=["h2/kernel"],
+                     precision="float64", quiet=True)
+    (b,) = K.blocks
+    assert isinstance(b, KFACBlock) and b.names == ("h2/kernel",) and b.A.shape == (6, 6) and K.n == 36
+    assert model.get_layer("h1").activation is act
+    for w0, w1 in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+
+
+# ------------------------------------------------------------------------------------------ convolutions
+def _unfold(x, k, stride, pad):
+    """(N, R, k*k*C) patches of NHWC ``x`` by loops, kernel row-major order (kh, kw, c)."""
+    if pad:
+        x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    n, h, w, c = x.shape
+    rows = []
+    for i in range(0, h - k + 1, stride):
+        for j in range(0, w - k + 1, stride):
+            rows.append(x[:, i:i + k, j:j + k, :].reshape(n, -1))
+    return np.stack(rows, axis=1)
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("stride,padding", [(1, "valid"), (2, "same")])
+def test_conv2d_factors_against_unfolded_reference(approx, stride, padding):
+    rng = np.random.default_rng(4)
+    inp = keras.Input((5, 5, 2))
+    z = keras.layers.Conv2D(3, 3, strides=stride, padding=padding, name="conv")(inp)
+    h = keras.layers.Activation("tanh")(z)
+    out = keras.layers.Dense(2, name="out")(keras.layers.Flatten()(h))
+    model = keras.Model(inp, out)
+    for v in model.trainable_variables:
+        v.assign(rng.normal(size=v.shape) * 0.5)
+    x, y = rng.normal(size=(6, 5, 5, 2)), rng.normal(size=(6, 2))
+    K = KFACOperator(model, (x, y), loss="mse", fisher="empirical", kfac_approx=approx, precision="float64",
+                     wrt=["conv"], quiet=True)
+    # reference: patches by loops, output gradients w.r.t. the conv output by tape on a float64 clone
+    clone = float64_clone(model)
+    conv_out = keras.Model(clone.input, clone.get_layer("conv").output)
+    zs = tf.constant(conv_out(x).numpy())
+    head_in = keras.Input(zs.shape[1:])
+    t = head_in
+    for layer in clone.layers[2:]:
+        t = layer(t)
+    head = keras.Model(head_in, t)
+    with tf.GradientTape() as tape:
+        tape.watch(zs)
+        per = tf.reduce_mean((head(zs) - y) ** 2, axis=1)
+        total = tf.reduce_sum(per)
+    g = tape.gradient(total, zs).numpy().reshape(len(x), -1, 3)
+    pad = 1 if padding == "same" else 0
+    a = _unfold(x, 3, stride, pad if stride == 1 else 0) if padding == "valid" else None
+    if padding == "same":  # TF SAME with stride 2 on 5x5, kernel 3: pad 1 on each side
+        a = _unfold(x, 3, stride, 1)
+    a = np.concatenate([a, np.ones(a.shape[:2] + (1,))], axis=2)
+    N, R = a.shape[:2]
+    if approx == "expand":
+        A = np.einsum("nri,nrj->ij", a, a) / (N * R)
+        B = np.einsum("nri,nrj->ij", g, g) / N
+    else:
+        am, gs = a.mean(1), g.sum(1)
+        A, B = am.T @ am / N, gs.T @ gs / N
+    (b,) = K.blocks
+    np.testing.assert_allclose(b.A, A, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.B, B, rtol=1e-9, atol=1e-12)
+
+
+def test_conv_with_one_output_position_equals_the_ggn_block():
+    rng = np.random.default_rng(5)
+    model = keras.Sequential([keras.Input((3, 3, 2)), keras.layers.Conv2D(3, 3, activation="tanh", name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(2, name="out")])
+    for v in model.trainable_variables:
+        v.assign(rng.normal(size=v.shape) * 0.5)
+    x, y = rng.normal(size=(1, 3, 3, 2)), rng.normal(size=(1, 2))
+    G = reference_ggn(model, x, "mse")
+    for approx in ("expand", "reduce"):
+        K = KFACOperator(model, (x, y), loss="mse", kfac_approx=approx, precision="float64", quiet=True)
+        np.testing.assert_allclose(K.to_dense().numpy(), G * (K.to_dense().numpy() != 0), rtol=1e-8, atol=1e-12)
+        b = K.blocks[0]
+        np.testing.assert_allclose(b.to_dense(), G[np.ix_(b.indices, b.indices)], rtol=1e-8, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ errors
+def test_unsupported_layer_is_named():
+    model, x, y = M.lstm_model()
+    with pytest.raises(InputError, match=r"KFAC: parameter 'lstm/.*' belongs to a layer without"):
+        KFACOperator(model, (x, y), loss="mse", quiet=True)
+    K = KFACOperator(model, (x, y), loss="mse", wrt=["out"], quiet=True)   # excluded: works
+    assert K.n == 5
+
+
+def test_bad_arguments_and_memory_refusal():
+    model, x, y = M.regression_mlp(n=4)
+    with pytest.raises(InputError, match="fisher: expected one of"):
+        KFACOperator(model, (x, y), loss="mse", fisher="type-1")
+    with pytest.raises(InputError, match="kfac_approx: expected one of"):
+        KFACOperator(model, (x, y), loss="mse", kfac_approx="mean")
+    with pytest.raises(InputError, match="mc_samples: only fisher='mc'"):
+        KFACOperator(model, (x, y), loss="mse", mc_samples=3)
+    with pytest.raises(ResourceError, match=r"Kronecker factors of layer 'h1' \(4x4 and 5x5\) needs about"):
+        KFACOperator(model, (x, y), loss="mse", max_memory=500)
+    K = KFACOperator(model, (x, y), loss="mse", quiet=True)
+    with pytest.raises(InputError, match="damping: expected a finite number"):
+        K.inverse(-1.0)
