@@ -74,7 +74,7 @@ def build_solver(method: str, curvature: str, objective, data, *, damping: float
     if method == "exact":
         return _exact(curvature, objective, data, damping, quiet)
     if method == "ekfac":
-        return _ekfac(objective, data, damping, options)
+        return _ekfac(objective, data, damping, options, quiet)
     op = _operator(curvature, objective, data)
     if method == "cg":
         return _cg(op, damping, options)
@@ -242,13 +242,14 @@ def _arnoldi(op, damping, options, quiet) -> Solver:
 
 
 # ------------------------------------------------------------------------------------------------- ekfac
-def _ekfac(objective, data, damping, options) -> Solver:
+def _ekfac(objective, data, damping, options, quiet) -> Solver:
     try:
         from ..linalg.kfac import EKFACOperator
-    except ImportError:
+    except ImportError:  # pragma: no cover - an installation without linalg/kfac.py
         raise InputError("method='ekfac' needs tfpartials.linalg.kfac.EKFACOperator, which this installation does "
                          "not have; use method='cg', 'arnoldi' or 'exact'") from None
-    op = EKFACOperator(objective.model, data, loss=objective.loss, wrt=list(objective.space.names))
+    op = EKFACOperator(objective.model, data, loss=objective.loss, wrt=list(objective.space.names), quiet=quiet,
+                       max_memory=options.get("max_memory"))
     if op.n != objective.space.size:  # pragma: no cover - a mismatch between the two parameter selections
         raise InputError(f"ekfac: the operator has {op.n} parameters, the gradients {objective.space.size}")
     reg = _regularization_curvature(objective, data)
@@ -258,7 +259,10 @@ def _ekfac(objective, data, damping, options) -> Solver:
     def apply(B):
         return np.asarray(inverse.matmat(tf.constant(B, dtype)))
 
-    return Solver("ekfac", damping, apply, {"regularization_damping": reg})
+    return Solver("ekfac", damping, apply, {"regularization_damping": reg,
+                                             "note": "EK-FAC approximates the Gauss-Newton matrix of the mean loss; "
+                                                     "the regulariser's curvature enters as an isotropic damping "
+                                                     "(its mean diagonal, regularization_damping)"})
 
 
 def _regularization_curvature(objective, data, num_probes: int = 8, seed: int = 0) -> float:

@@ -262,7 +262,8 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
                  "use fewer test examples per call, or self_influence() for one score per training example")
     P = _projection(n, projection_dim, seed, grad_obj.dtype, budget)
     solver = build_solver(method, curvature, curv_obj, train_d, damping=damping, quiet=quiet,
-                          options={"rank": rank, "tol": tol, "max_iterations": max_iterations})
+                          options={"rank": rank, "tol": tol, "max_iterations": max_iterations,
+                                   "max_memory": max_memory})
     itemsize = grad_obj.dtype.size
     width = projection_dim or n
     per_test = itemsize * (3 * n + width)  # gradient, solved, working copy, projected
@@ -328,7 +329,8 @@ def self_influence(model, train, loss: Any = None, *, method: Method = "exact", 
     grad_obj, curv_obj, train_d = _problems(model, train, loss, wrt, common)
     N = train_d.num_examples
     solver = build_solver(method, curvature, curv_obj, train_d, damping=damping, quiet=quiet,
-                          options={"rank": rank, "tol": tol, "max_iterations": max_iterations})
+                          options={"rank": rank, "tol": tol, "max_iterations": max_iterations,
+                                   "max_memory": max_memory})
     engine = PerExampleEngine(grad_obj)
     chunk = plan_per_example(grad_obj, train_d, max_memory=max_memory)
     scores = np.zeros(N, np.float64)
