@@ -18,7 +18,7 @@ from ..autodiff.objective import Objective
 from ..autodiff.risk import accumulate, as_tensors
 from ..io.data import Data, load_data
 
-__all__ = ["output_dim", "jacobian_function", "jacobian_chunk", "ggn_diagonal", "loss_sum", "outputs_and_jacobians"]
+__all__ = ["output_dim", "jacobian_function", "jacobian_chunk", "summed_ggn", "loss_sum", "outputs_and_jacobians"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -79,7 +79,7 @@ def jacobian_chunk(obj: Objective, num_out: int, batch_size: int, max_memory=Non
     return plan.chunk
 
 
-def _ggn_diag_step(obj: Objective, num_out: int):
+def _ggn_step(obj: Objective, num_out: int, full: bool):
     def build():
         def step(params, x, y, mask, scale, regw):
             params = list(params)
@@ -98,21 +98,27 @@ def _ggn_diag_step(obj: Objective, num_out: int):
             lam = t1.batch_jacobian(g, z, unconnected_gradients=_ZERO)  # (B, C, C)
             w = tf.cast(mask, obj.dtype)
             lj = tf.einsum("bcd,bdp->bcp", lam, J)
+            if full:
+                return tf.einsum("b,bcp,bcq->pq", w, J, lj), tf.reduce_sum(w * per)
             return tf.einsum("b,bcp,bcp->p", w, J, lj), tf.reduce_sum(w * per)
         return step
-    return obj.function(f"laplace/ggn_diag/{num_out}", build)
+    return obj.function(f"laplace/ggn/{num_out}/{'full' if full else 'diag'}", build)
 
 
 def _raw_output(out):
     return tf.nest.flatten(out)[0]
 
 
-def ggn_diagonal(obj: Objective, data: Data, num_out: int, *, quiet: bool = True) -> tuple[np.ndarray, float]:
-    """Exact ``diag(sum_i J_i^T Lam_i J_i)`` over the dataset and ``sum_i loss_i`` (one pass, no ``P x P``)."""
-    step = _ggn_diag_step(obj, num_out)
-    diag, total = accumulate(obj, data, lambda p, x, y, m, s, r: step(p, x, y, m, s, r), obj.space.values(),
-                             description="Gauss-Newton diagonal", quiet=quiet)
-    return np.asarray(diag, np.float64), float(total)
+def summed_ggn(obj: Objective, data: Data, num_out: int, *, full: bool = False,
+               quiet: bool = True) -> tuple[np.ndarray, float]:
+    """``sum_i J_i^T Lam_i J_i`` (``full``) or its exact diagonal, and ``sum_i loss_i``, in one data pass.
+
+    Cost: ``C`` reverse passes per example, plus ``O(C P^2)`` per example for the full matrix.
+    """
+    step = _ggn_step(obj, num_out, full)
+    out, total = accumulate(obj, data, step, obj.space.values(),
+                            description="Gauss-Newton " + ("matrix" if full else "diagonal"), quiet=quiet)
+    return np.asarray(out, np.float64), float(total)
 
 
 def loss_sum(obj: Objective, data: Data, *, quiet: bool = True) -> float:

@@ -171,15 +171,14 @@ class LowRankPosterior:
 
 @dataclass(frozen=True)
 class KronFactor:
-    """One block of a Kronecker-factored curvature: ``scale * (A (x) B)`` on the flat slice ``[offset, offset+size)``.
+    """One block of a Kronecker-factored curvature: ``scale * (A (x) B)`` on the flat positions ``indices``.
 
     ``kind="kronecker"``: eigenpairs ``(a, QA)`` and ``(b, QB)`` of the factors; the block is ``A (x) B`` in the
     flat ParameterSpace order of the block's parameters (row-major ``(dim A, dim B)`` reshape).
     ``kind="diagonal"``: ``diag`` holds the block's diagonal.
     """
 
-    offset: int
-    size: int
+    indices: np.ndarray
     kind: str
     a: np.ndarray | None = None
     QA: np.ndarray | None = None
@@ -197,7 +196,7 @@ class KronPosterior:
         self.scale = float(scale)   # H1 = scale * blockdiag(A (x) B)
 
     def _delta(self, f: KronFactor, p: np.ndarray) -> float:
-        block = p[f.offset:f.offset + f.size]
+        block = p[f.indices]
         if not _isotropic(block):
             raise InputError("structure='kfac' needs a prior precision that is constant on each layer "
                              "(a scalar or one value per layer)")
@@ -219,7 +218,7 @@ class KronPosterior:
         out = np.empty(self.n)
         for f in self.factors:
             lam = self._eigs(f, s, self._delta(f, p))
-            sl = slice(f.offset, f.offset + f.size)
+            sl = f.indices
             if f.kind == "kronecker":   # diag(Q diag(1/lam) Q^T) with Q = QA (x) QB
                 out[sl] = np.einsum("ia,jb,ab->ij", f.QA**2, f.QB**2, 1.0 / lam).reshape(-1)
             else:
@@ -231,7 +230,7 @@ class KronPosterior:
         out = np.zeros((B, C, C))
         for f in self.factors:
             lam = self._eigs(f, s, self._delta(f, p))
-            Jb = J[:, :, f.offset:f.offset + f.size].reshape(B * C, -1)
+            Jb = J[:, :, f.indices].reshape(B * C, -1)
             if f.kind == "kronecker":
                 R = Jb.reshape(B * C, f.QA.shape[0], f.QB.shape[0])
                 T = np.einsum("ia,mij,jb->mab", f.QA, R, f.QB).reshape(B, C, -1)   # rows in the eigenbasis
@@ -245,7 +244,7 @@ class KronPosterior:
         out = np.empty_like(z)
         for f in self.factors:
             lam = self._eigs(f, s, self._delta(f, p))
-            sl = slice(f.offset, f.offset + f.size)
+            sl = f.indices
             Z = z[sl].T   # (n, size)
             if f.kind == "kronecker":
                 m = Z.shape[0]

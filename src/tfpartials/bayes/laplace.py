@@ -242,19 +242,19 @@ class Laplace:
     def _fit(self):
         obj, d, P = self.objective, self.data, self.n_params
         nll = self._c_loss * self.num_examples  # the mean-loss operators times this = summed-NLL curvature
+        if self.structure in ("full", "diag") and self.curvature == "ggn":
+            full = self.structure == "full"
+            if full:
+                self._require_dense()
+            chunk = _glm.jacobian_chunk(obj, self.num_outputs, d.batch_size)
+            dd = d if chunk >= d.batch_size else d.with_batch_size(chunk)
+            H, self._loss_total = _glm.summed_ggn(obj, dd, self.num_outputs, full=full, quiet=self.quiet)
+            return DensePosterior(self._c_loss * H) if full else DiagPosterior(self._c_loss * H)
         if self.structure == "full":
-            budget = DEFAULT_DENSE_LIMIT if self._max_memory is None else parse_size(self._max_memory)
-            require_fits(3 * P * P * 8, budget, f"structure='full': the dense posterior of {P:,} parameters",
-                         _ALTERNATIVE)
+            self._require_dense()
             self._loss_total = _glm.loss_sum(obj, d, quiet=self.quiet)
-            op = self._operator()
-            return DensePosterior(nll * np.asarray(op.to_dense(), np.float64))
+            return DensePosterior(nll * np.asarray(self._operator().to_dense(), np.float64))
         if self.structure == "diag":
-            if self.curvature == "ggn":
-                chunk = _glm.jacobian_chunk(obj, self.num_outputs, d.batch_size)
-                dd = d if chunk >= d.batch_size else d.with_batch_size(chunk)
-                h, self._loss_total = _glm.ggn_diagonal(obj, dd, self.num_outputs, quiet=self.quiet)
-                return DiagPosterior(self._c_loss * h)
             from ..estimators.diagonal import exact_diagonal
 
             self._loss_total = _glm.loss_sum(obj, d, quiet=self.quiet)
@@ -271,6 +271,12 @@ class Laplace:
                                     np.asarray(eig.eigenvectors, np.float64))
         return self._fit_kfac()
 
+    def _require_dense(self) -> None:
+        P = self.n_params
+        budget = DEFAULT_DENSE_LIMIT if self._max_memory is None else parse_size(self._max_memory)
+        require_fits(3 * P * P * 8, budget, f"structure='full': the dense posterior of {P:,} parameters",
+                     _ALTERNATIVE)
+
     def _operator(self):
         from ..linalg.curvature import GGNOperator, HessianOperator
 
@@ -278,25 +284,22 @@ class Laplace:
         return cls(self.objective, self.data, quiet=self.quiet)
 
     def _fit_kfac(self):
-        try:
-            from ..linalg.kfac import KFACOperator
-        except ImportError:  # pragma: no cover - until linalg/kfac.py lands
-            raise InputError("structure='kfac' needs tfpartials.linalg.kfac, which is not available in this "
-                             "version; use 'full', 'diag' or 'lowrank'") from None
+        from ..linalg.kfac import KFACOperator
+
         if self.curvature != "ggn":
             raise InputError("structure='kfac' approximates the Gauss-Newton matrix; use curvature='ggn'")
         self._loss_total = _glm.loss_sum(self.objective, self.data, quiet=self.quiet)
-        op = KFACOperator(self.objective, self.data, fisher="type-2")
+        op = KFACOperator(self.objective, self.data, fisher="type-2", quiet=self.quiet)
         factors = []
         for blk in op.blocks:
             if blk.kind == "kronecker":
                 a, QA = blk.A_eig
                 b, QB = blk.B_eig
-                factors.append(KronFactor(int(blk.offset), int(blk.size), "kronecker",
+                factors.append(KronFactor(np.asarray(blk.indices), "kronecker",
                                           a=np.asarray(a, np.float64), QA=np.asarray(QA, np.float64),
                                           b=np.asarray(b, np.float64), QB=np.asarray(QB, np.float64)))
             else:
-                factors.append(KronFactor(int(blk.offset), int(blk.size), "diagonal",
+                factors.append(KronFactor(np.asarray(blk.indices), "diagonal",
                                           diag=np.asarray(blk.diag, np.float64)))
         return KronPosterior(factors, self.n_params, self._c_loss * self.num_examples)
 
