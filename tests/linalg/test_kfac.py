@@ -223,9 +223,10 @@ def test_conv2d_factors_against_unfolded_reference(approx, stride, padding):
     clone = float64_clone(model)
     conv_out = keras.Model(clone.input, clone.get_layer("conv").output)
     zs = tf.constant(conv_out(x).numpy())
-    head_in = keras.Input(zs.shape[1:])
+    head_in = keras.Input(zs.shape[1:], dtype="float64")
     t = head_in
-    for layer in clone.layers[2:]:
+    after = [layer.name for layer in clone.layers].index("conv") + 1
+    for layer in clone.layers[after:]:
         t = layer(t)
     head = keras.Model(head_in, t)
     with tf.GradientTape() as tape:
@@ -233,10 +234,7 @@ def test_conv2d_factors_against_unfolded_reference(approx, stride, padding):
         per = tf.reduce_mean((head(zs) - y) ** 2, axis=1)
         total = tf.reduce_sum(per)
     g = tape.gradient(total, zs).numpy().reshape(len(x), -1, 3)
-    pad = 1 if padding == "same" else 0
-    a = _unfold(x, 3, stride, pad if stride == 1 else 0) if padding == "valid" else None
-    if padding == "same":  # TF SAME with stride 2 on 5x5, kernel 3: pad 1 on each side
-        a = _unfold(x, 3, stride, 1)
+    a = _unfold(x, 3, stride, 1 if padding == "same" else 0)  # SAME, stride 2, 5x5, kernel 3: pad 1 each side
     a = np.concatenate([a, np.ones(a.shape[:2] + (1,))], axis=2)
     N, R = a.shape[:2]
     if approx == "expand":
@@ -287,3 +285,38 @@ def test_bad_arguments_and_memory_refusal():
     K = KFACOperator(model, (x, y), loss="mse", quiet=True)
     with pytest.raises(InputError, match="damping: expected a finite number"):
         K.inverse(-1.0)
+
+
+def _single_example_blocks_equal_ggn(model, x, y, loss="mse"):
+    K = KFACOperator(model, (x, y), loss=loss, precision="float64", quiet=True)
+    G = reference_ggn(model, x, loss)
+    for b in K.blocks:
+        np.testing.assert_allclose(b.to_dense(), G[np.ix_(b.indices, b.indices)], rtol=1e-7, atol=1e-12)
+    return K
+
+
+def test_einsum_dense_conv1d_and_embedding_single_example_blocks():
+    rng = np.random.default_rng(7)
+    inp = keras.Input((4,))
+    h = keras.layers.EinsumDense("ab,bcd->acd", output_shape=(2, 3), bias_axes="cd", activation="tanh",
+                                 name="ein")(inp)
+    out = keras.layers.EinsumDense("acd,dc->a", output_shape=(), name="ein2")(h)
+    model = keras.Model(inp, keras.layers.Reshape((1,))(out))
+    for v in model.trainable_variables:
+        v.assign(rng.normal(size=v.shape) * 0.5)
+    K = _single_example_blocks_equal_ggn(model, rng.normal(size=(1, 4)), rng.normal(size=(1, 1)))
+    assert [b.layer for b in K.blocks] == ["ein", "ein2"] and K.blocks[1].A.shape == (6, 6)
+    assert not K.blocks[1].contiguous or K.blocks[1].size == 6
+    conv = keras.Sequential([keras.Input((4, 2)), keras.layers.Conv1D(3, 4, activation="tanh", name="c1"),
+                             keras.layers.Flatten(), keras.layers.Dense(1, name="out")])
+    for v in conv.trainable_variables:
+        v.assign(rng.normal(size=v.shape) * 0.5)
+    _single_example_blocks_equal_ggn(conv, rng.normal(size=(1, 4, 2)), rng.normal(size=(1, 1)))
+    emb = keras.Sequential([keras.Input((1,), dtype="int32"), keras.layers.Embedding(5, 2, name="emb"),
+                            keras.layers.Flatten(), keras.layers.Dense(1, activation="tanh", name="out")])
+    for v in emb.trainable_variables:
+        v.assign(rng.normal(size=v.shape) * 0.5)
+    x = np.array([[3]], "int32")
+    K = KFACOperator(emb, (x, rng.normal(size=(1, 1))), loss="mse", precision="float64", quiet=True)
+    assert [b.layer for b in K.blocks] == ["emb", "out"] and K.blocks[0].A.shape == (5, 5)
+    assert K.blocks[0].A[3, 3] == 1.0 and np.count_nonzero(K.blocks[0].A) == 1

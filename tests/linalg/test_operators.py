@@ -10,6 +10,7 @@ import pytest
 from tests import models as M
 from tfpartials.linalg.curvature import FisherOperator, GGNOperator, HessianOperator
 from tfpartials.linalg.dense import DenseOperator
+from tfpartials.linalg.kfac import EKFACOperator, KFACOperator
 from tfpartials.linalg.operator import LinearOperator, ProductOperator, ScaledOperator, SumOperator
 
 _RNG = np.random.default_rng(0)
@@ -36,6 +37,9 @@ BUILDERS = {
     "fisher_empirical": lambda: _curvature(FisherOperator, kind="empirical"),
     "fisher_mc": lambda: _curvature(FisherOperator, kind="mc", seed=3),
     "hessian_plus_ggn": lambda: _get("hessian") + 0.5 * _get("ggn"),
+    "kfac": lambda: _curvature(KFACOperator, quiet=True),
+    "ekfac": lambda: _curvature(EKFACOperator, quiet=True),
+    "kfac_inverse": lambda: _get("kfac").inverse(0.1),
 }
 _CACHE: dict[str, LinearOperator] = {}
 

@@ -118,7 +118,7 @@ def find_layers(model, space) -> tuple[list[Tapped], list[tuple[str, Any]]]:
     for v, n in zip(space.variables, space.names):
         if id(v) not in claimed:
             raise InputError(f"KFAC: parameter {n!r} belongs to a layer without a Kronecker-factored form "
-                             "(supported: Dense, EinsumDense, Conv1D/2D, DepthwiseConv2D, Embedding; "
+                             "(supported: Dense, EinsumDense, Conv1D/2D, Embedding; "
                              "normalisation layers get their exact diagonal); exclude it with wrt=...")
     return tapped, diagonal
 
@@ -128,7 +128,7 @@ def _spec(layer, path: str, selected: dict) -> Tapped | None:
         return var if var is not None and id(var) in selected else None
 
     kernel = getattr(layer, "kernel", None) if not isinstance(layer, keras.layers.Embedding) else None
-    bias = sel(getattr(layer, "bias", None)) if getattr(layer, "use_bias", False) else None
+    bias = sel(getattr(layer, "bias", None))
     if isinstance(layer, keras.layers.Embedding):
         emb = layer.embeddings
         v, d = (int(s) for s in emb.shape)
@@ -258,7 +258,7 @@ def tapped_forward(model, values: dict, x, tapped: dict, on_tap, training: bool 
                 if args or isinstance(inp, list | tuple | dict):
                     raise InputError(f"KFAC: layer {spec.name!r} is called with several inputs; not supported")
                 kernel = values[id(op.embeddings if spec.kind == "embedding" else op.kernel)]
-                bias = values[id(op.bias)] if getattr(op, "use_bias", False) and op.bias is not None else None
+                bias = values[id(op.bias)] if getattr(op, "bias", None) is not None else None
                 a, z, to_rows = _linear(spec, inp, kernel, bias)
                 z = on_tap(spec, a, z, to_rows)
                 return _activation(op, z)
