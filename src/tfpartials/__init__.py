@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "Data": ".io.data",
     "Loss": ".io.losses",
     "resolve_loss": ".io.losses",
+    "MultiLoss": ".io.losses",
     "float64_copy": ".io.precision",
     "sandboxed": ".sandbox",
     # parameters and the objective
@@ -40,6 +41,8 @@ _EXPORTS: dict[str, str] = {
     # first order w.r.t. parameters
     "gradients": ".autodiff.gradient",
     "value_and_gradients": ".autodiff.gradient",
+    "output_gradient_shares": ".autodiff.multi_output",
+    "OutputGradientShares": ".autodiff.multi_output",
     # second order w.r.t. parameters
     "hvp": ".autodiff.hvp",
     "FallbackWarning": ".autodiff.hvp",

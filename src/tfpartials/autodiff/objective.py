@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from .._backend import keras, tf
 from .._checks import InputError, check_choice
-from ..io.losses import Loss, resolve_loss
+from ..io.losses import Loss, MultiLoss, resolve_loss
 from ..params import ParameterSpace
 
 __all__ = ["Objective", "make_objective", "Reduction", "Unconnected"]
@@ -54,7 +54,7 @@ class Objective:
         check_choice("reduction", reduction, ("mean", "sum"))
         check_choice("unconnected", unconnected, ("error", "zero"))
         self.model = model
-        self.loss: Loss = resolve_loss(loss, from_logits, model)
+        self.loss: Loss | MultiLoss = resolve_loss(loss, from_logits, model)
         _warn_if_logits_look_like_probabilities(model, self.loss)
         self.space = ParameterSpace(model, wrt)
         self.training = bool(training)
@@ -92,6 +92,8 @@ class Objective:
         return self._loss_of(outputs, y)
 
     def _loss_of(self, outputs, y):
+        if isinstance(self.loss, MultiLoss):  # one loss per output, matched by name, weighted
+            return self.loss.per_example(y, tf.nest.map_structure(lambda o: tf.cast(o, self.dtype), outputs))
         if isinstance(outputs, list | tuple) and len(outputs) > 1:
             ys = y if isinstance(y, list | tuple) else [y]
             if len(ys) != len(outputs):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..io.data import Data, load_data
+from ..io.losses import _compiled_loss_weights
 from ..io.precision import with_precision
 from .objective import Objective
 
@@ -27,6 +28,8 @@ def _key_part(value: Any):
         return value
     if isinstance(value, list | tuple):
         return tuple(_key_part(v) for v in value)
+    if isinstance(value, dict):  # per-output losses and weights, by content (a new dict may reuse an old id)
+        return ("dict", tuple(sorted((str(k), _key_part(v)) for k, v in value.items())))
     return ("id", id(value))
 
 
@@ -47,6 +50,8 @@ def objective_for(model, loss: Any = None, wrt=None, *, precision: str | None = 
     """The cached :class:`Objective` for ``model`` and these settings (built on first use)."""
     key = (_key_part(loss), _key_part(wrt), precision, training, include_regularization, reduction, unconnected,
            from_logits, jit_compile, _key_part(getattr(model, "_tfpartials_loss", None)),
+           _key_part(getattr(model, "_tfpartials_loss_weights", None)),
+           _key_part(getattr(model, "loss", None)), _key_part(_compiled_loss_weights(model)),  # re-compiled
            tuple(id(v) for v in getattr(model, "trainable_variables", [])))
     try:
         per_model = _CACHE.setdefault(model, {})

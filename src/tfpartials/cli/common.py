@@ -88,7 +88,12 @@ def add_data_args(p: argparse.ArgumentParser, *, targets: bool = True) -> None:
     p.add_argument("--target", action="append", default=None, metavar="COL", help="CSV target column (repeatable)")
     p.add_argument("--allow-nan", action="store_true", help="accept NaN/Inf in the data")
     if targets:
-        p.add_argument("--loss", default=None, help="Keras loss name (default: the loss stored with the model)")
+        p.add_argument("--loss", default=None, action=_LossAction, metavar="LOSS|OUTPUT=LOSS",
+                       help="Keras loss name (default: the loss stored with the model); for a multi-output model "
+                            "one OUTPUT=LOSS per output (repeatable; outputs not named get no loss)")
+        p.add_argument("--loss-weight", dest="loss_weights", default=None, action=_LossWeightAction,
+                       metavar="OUTPUT=W", help="weight of an output's loss (repeatable; default 1 or the "
+                                                "model's compiled loss_weights)")
         p.add_argument("--from-logits", action="store_true", default=None,
                        help="the model outputs logits (cross-entropy losses)")
         p.add_argument("--wrt", action="append", default=None, metavar="GLOB",
@@ -96,6 +101,51 @@ def add_data_args(p: argparse.ArgumentParser, *, targets: bool = True) -> None:
         p.add_argument("--devices", type=int, default=None, metavar="N",
                        help="spread the data passes over N local devices (GPUs, else N logical CPUs); a "
                             "TF_CONFIG cluster spec in the environment selects multi-worker training instead")
+
+
+class _LossAction(argparse.Action):
+    """``--loss mse`` (one loss) or repeated ``--loss OUTPUT=LOSS`` (a dict, one loss per output)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        name, sep, loss = str(values).partition("=")
+        if not sep:
+            if isinstance(current, dict):
+                parser.error(f"--loss: {values!r} (every output) and OUTPUT=LOSS (one output) exclude each other")
+            if current is not None:
+                parser.error(f"--loss: given twice ({current!r} and {values!r}); for several outputs use "
+                             "--loss OUTPUT=LOSS once per output")
+            setattr(namespace, self.dest, str(values))
+            return
+        if not name.strip() or not loss.strip():
+            parser.error(f"--loss: expected LOSS or OUTPUT=LOSS, got {values!r}")
+        if isinstance(current, str):
+            parser.error(f"--loss: {current!r} (every output) and {values!r} (one output) exclude each other")
+        current = dict(current or {})
+        if name.strip() in current:
+            parser.error(f"--loss: output {name.strip()!r} given twice")
+        current[name.strip()] = loss.strip()
+        setattr(namespace, self.dest, current)
+
+
+class _LossWeightAction(argparse.Action):
+    """Repeated ``--loss-weight OUTPUT=W`` -> ``{output: W}``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import math
+
+        name, sep, text = str(values).partition("=")
+        try:
+            weight = float(text) if sep and name.strip() else None
+        except ValueError:
+            weight = None
+        if weight is None or not math.isfinite(weight) or weight < 0:
+            parser.error(f"--loss-weight: expected OUTPUT=W with a finite W >= 0, got {values!r}")
+        current = dict(getattr(namespace, self.dest, None) or {})
+        if name.strip() in current:
+            parser.error(f"--loss-weight: output {name.strip()!r} given twice")
+        current[name.strip()] = weight
+        setattr(namespace, self.dest, current)
 
 
 def add_output_args(p: argparse.ArgumentParser, default: str | None = None, help: str = "output file") -> None:
@@ -122,7 +172,8 @@ def load_model_and_data(args, *, targets: bool = True) -> tuple[Any, Any]:
     if targets:
         from ..io.losses import resolve_loss
 
-        loss = resolve_loss(args.loss, getattr(args, "from_logits", None), model)
+        loss = resolve_loss(args.loss, getattr(args, "from_logits", None), model,
+                            loss_weights=getattr(args, "loss_weights", None))
         loss_name = loss.name
         args._loss = loss
     data = load_data(args.data, batch_size=args.batch_size, target=args.target, model=model,

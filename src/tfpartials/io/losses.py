@@ -3,18 +3,22 @@
 The per-example loss maps ``(y_true, y_pred)`` to a vector of shape ``(B,)``: Keras' own loss functions
 reduce the last axis; any further non-batch axes are averaged, which matches Keras' "sum over batch size"
 reduction up to the 1/N we apply ourselves.
+
+A model with several outputs takes one loss per output and optional weights (as ``model.compile(loss={...},
+loss_weights={...})``): a :class:`MultiLoss`, whose per-example value is ``sum_k w_k loss_k(y_k, f_k(x))``,
+so that its dataset mean is what Keras' ``model.evaluate`` reports as ``loss``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._backend import keras, tf
 from .._checks import InputError
 
-__all__ = ["Loss", "resolve_loss", "LOSS_NAMES"]
+__all__ = ["Loss", "MultiLoss", "resolve_loss", "LOSS_NAMES"]
 
 # canonical kind -> (Keras class name, aliases)
 _KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -95,7 +99,135 @@ def _build(kind: str, config: Mapping[str, Any]) -> Loss:
     return Loss(kind, fn, bool(cfg.get("from_logits", False)), cfg)
 
 
-def resolve_loss(loss: Any, from_logits: bool | None = None, model=None) -> Loss:
+@dataclass(frozen=True)
+class MultiLoss:
+    """One loss per model output, weighted: per example ``sum_k w_k loss_k(y_k, f_k(x))``.
+
+    Outputs whose loss is None do not enter the objective (as in Keras). Targets and outputs are matched by
+    output name (``outputs`` may be a dict, a list in the model's output order, or one tensor).
+
+    Attributes:
+        output_names: the model's output names, in the order of its targets.
+        losses: one :class:`Loss` (or None) per output.
+        weights: one weight per output (Keras' ``loss_weights``; default 1).
+    """
+
+    output_names: tuple[str, ...]
+    losses: tuple[Loss | None, ...] = field(repr=False)
+    weights: tuple[float, ...]
+    from_logits: bool = False
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        parts = [f"{n}={loss.name}" + ("" if w == 1 else f"*{w:g}")
+                 for n, loss, w in zip(self.output_names, self.losses, self.weights) if loss is not None]
+        return ",".join(parts)
+
+    @property
+    def is_classification(self) -> bool:
+        return False
+
+    def per_output(self, y_true, y_pred) -> list:
+        """Unweighted per-example losses ``(B,)`` of the outputs that have a loss (None for the others)."""
+        preds = self._outputs(y_pred)
+        trues = self._targets(y_true)
+        return [None if loss is None else loss.per_example(t, p)
+                for loss, t, p in zip(self.losses, trues, preds)]
+
+    def per_example(self, y_true, y_pred):
+        """``sum_k w_k loss_k``, shape (B,)."""
+        terms = [w * per for w, per in zip(self.weights, self.per_output(y_true, y_pred)) if per is not None]
+        return tf.add_n(terms)
+
+    def only(self, output: int | str) -> MultiLoss:
+        """The same losses with every other output's weight set to zero (that output's term alone)."""
+        k = output if isinstance(output, int) else self.output_names.index(output)
+        return MultiLoss(self.output_names, self.losses,
+                         tuple(w if i == k else 0.0 for i, w in enumerate(self.weights)))
+
+    def _outputs(self, y_pred) -> list:
+        if isinstance(y_pred, Mapping):
+            missing = [n for n in self.output_names if n not in y_pred]
+            if missing:
+                raise InputError(f"model outputs {', '.join(y_pred)} lack {', '.join(missing)}")
+            return [y_pred[n] for n in self.output_names]
+        preds = list(y_pred) if isinstance(y_pred, list | tuple) else [y_pred]
+        if len(preds) != len(self.output_names):
+            raise InputError(f"expected {len(self.output_names)} model outputs ({', '.join(self.output_names)}), "
+                             f"got {len(preds)}")
+        return preds
+
+    def _targets(self, y_true) -> list:
+        if isinstance(y_true, Mapping):
+            return [y_true.get(n) for n in self.output_names]
+        trues = list(y_true) if isinstance(y_true, list | tuple) else [y_true]
+        if len(trues) != len(self.output_names):
+            raise InputError(f"the model has {len(self.output_names)} outputs ({', '.join(self.output_names)}) "
+                             f"but {len(trues)} target arrays were given")
+        return trues
+
+
+def _output_names(model) -> tuple[str, ...]:
+    if model is None:
+        raise InputError("per-output losses need the model (to match losses to its outputs): pass model=")
+    from .signature import signature
+
+    return signature(model).output_names
+
+
+def _per_output(structure, names: Sequence[str], what: str) -> list:
+    """A dict keyed by output name or a list in output order -> one entry per output (None where absent)."""
+    if isinstance(structure, Mapping):
+        unknown = [k for k in structure if k not in names]
+        if unknown:
+            raise InputError(f"{what}: unknown output {', '.join(map(repr, unknown))}; the model outputs "
+                             f"{', '.join(names)}")
+        return [structure.get(n) for n in names]
+    items = list(structure)
+    if len(items) != len(names):
+        raise InputError(f"{what}: expected one entry per model output ({len(names)}: {', '.join(names)}), "
+                         f"got {len(items)}")
+    return items
+
+
+def _multi(loss, loss_weights, from_logits, names: Sequence[str]) -> Loss | MultiLoss:
+    specs = _per_output(loss, names, "loss") if _is_structure(loss) else [loss] * len(names)
+    losses = tuple(None if spec is None else resolve_loss(spec, from_logits if _is_xent(spec) else None)
+                   for spec in specs)
+    if all(item is None for item in losses):
+        raise InputError("loss: every output's loss is None; give at least one output a loss")
+    weights = [1.0] * len(names)
+    if loss_weights is not None:
+        if isinstance(loss_weights, int | float) and len(names) == 1:
+            loss_weights = [loss_weights]
+        given = _per_output(loss_weights, names, "loss_weights")
+        weights = []
+        for n, w in zip(names, given):
+            w = 1.0 if w is None else w
+            if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < float("inf"):
+                raise InputError(f"loss_weights: expected a finite number >= 0 for output {n!r}, got {w!r}")
+            weights.append(float(w))
+    if len(names) == 1 and weights[0] == 1.0:
+        return losses[0]  # one output, unweighted: the plain loss
+    return MultiLoss(tuple(names), losses, tuple(weights))
+
+
+def _is_structure(loss) -> bool:
+    return (isinstance(loss, Mapping) and "class_name" not in loss) or isinstance(loss, list | tuple)
+
+
+def _is_xent(spec) -> bool:
+    if isinstance(spec, Loss):
+        return spec.name in _FROM_LOGITS
+    if isinstance(spec, str):
+        return _kind_of(spec) in _FROM_LOGITS
+    if isinstance(spec, Mapping):
+        return _kind_of(str(spec.get("class_name", ""))) in _FROM_LOGITS
+    return _kind_of(type(spec).__name__) in _FROM_LOGITS or _kind_of(getattr(spec, "__name__", "")) in _FROM_LOGITS
+
+
+def resolve_loss(loss: Any, from_logits: bool | None = None, model=None, loss_weights=None) -> Loss | MultiLoss:
     """Turn ``loss`` into a :class:`Loss`.
 
     Args:
@@ -103,8 +235,19 @@ def resolve_loss(loss: Any, from_logits: bool | None = None, model=None) -> Loss
             a safe serialised loss config dict, a :class:`Loss`, a callable ``(y_true, y_pred) -> (B,)``, or
             ``None`` to use the loss the model was compiled with (read from the file by
             :func:`tfpartials.load_model`).
-        from_logits: override ``from_logits`` of a cross-entropy.
-        model: the model, for its stored loss when ``loss`` is None.
+            A dict ``{output name: loss}`` or a list (one per output, None to leave one out) gives a
+            :class:`MultiLoss` for a multi-output model.
+        from_logits: override ``from_logits`` of a cross-entropy (of every cross-entropy of a MultiLoss).
+        model: the model, for its stored loss when ``loss`` is None, and its output names for per-output losses.
+        loss_weights: per-output weights, a dict by output name or a list (as Keras' ``loss_weights``);
+            default the weights stored with a compiled model, else 1.
+
+    Example:
+        >>> import keras, tfpartials as tp
+        >>> inp = keras.Input((2,))
+        >>> model = keras.Model(inp, [keras.layers.Dense(1, name="price")(inp), keras.layers.Dense(3, name="kind")(inp)])
+        >>> tp.resolve_loss({"price": "mse", "kind": "scce"}, model=model, loss_weights={"kind": 0.5}).name
+        'price=mse,kind=sparse_categorical_crossentropy*0.5'
     """
     if loss is None:
         stored = getattr(model, "_tfpartials_loss", None) if model is not None else None
@@ -114,6 +257,15 @@ def resolve_loss(loss: Any, from_logits: bool | None = None, model=None) -> Loss
             raise InputError("no loss given and the model carries no compiled loss; pass loss= (CLI: --loss), "
                              f"e.g. one of {', '.join(LOSS_NAMES[::2])}")
         loss = stored
+        if loss_weights is None and model is not None:
+            loss_weights = getattr(model, "_tfpartials_loss_weights", None) or _compiled_loss_weights(model)
+    if isinstance(loss, MultiLoss):
+        if loss_weights is not None or from_logits is not None:
+            return _multi(list(loss.losses), loss_weights if loss_weights is not None else list(loss.weights),
+                          from_logits, loss.output_names)
+        return loss
+    if _is_structure(loss) or loss_weights is not None:
+        return _multi(loss, loss_weights, from_logits, _output_names(model))
     if isinstance(loss, Loss):
         if from_logits is not None and loss.name in _FROM_LOGITS and loss.from_logits != from_logits:
             return _build(loss.name, {**loss.config, "from_logits": from_logits})
@@ -160,6 +312,11 @@ def _compiled_loss(model):
     loss = getattr(model, "loss", None)
     if loss is None:
         return None
-    if isinstance(loss, str | keras.losses.Loss) or callable(loss):
+    if isinstance(loss, str | keras.losses.Loss) or callable(loss) or _is_structure(loss):
         return loss
     return None
+
+
+def _compiled_loss_weights(model):
+    config = getattr(getattr(model, "_compile_config", None), "config", None)
+    return config.get("loss_weights") if isinstance(config, Mapping) else None

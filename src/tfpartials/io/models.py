@@ -58,13 +58,33 @@ def _read_keras_config(p: Path) -> dict:
 def _loss_from_compile_config(cc: Any):
     if not isinstance(cc, dict):
         return None
-    loss = cc.get("loss")
+    return _one_loss(cc.get("loss"), per_output=True)
+
+
+def _one_loss(loss: Any, per_output: bool = False):
+    """A loss name or a sanitised loss config; with ``per_output``, also a dict/list of them (one per output)."""
     if isinstance(loss, str):
         return loss
     if isinstance(loss, dict) and isinstance(loss.get("class_name"), str):
         cfg = loss.get("config") if isinstance(loss.get("config"), dict) else {}
         return {"class_name": loss["class_name"], "config": {k: v for k, v in cfg.items()
                                                               if isinstance(v, bool | int | float | str)}}
+    if per_output and isinstance(loss, dict) and all(isinstance(k, str) for k in loss):
+        out = {k: _one_loss(v) for k, v in loss.items()}
+        return out if all(v is not None or loss[k] is None for k, v in out.items()) else None
+    if per_output and isinstance(loss, list):
+        out = [_one_loss(v) for v in loss]
+        return out if all(v is not None or item is None for v, item in zip(out, loss)) else None
+    return None
+
+
+def _loss_weights_from_compile_config(cc: Any):
+    """Per-output loss weights (a dict by output name or a list), numbers only; None when absent."""
+    weights = cc.get("loss_weights") if isinstance(cc, dict) else None
+    if isinstance(weights, dict) and all(isinstance(v, int | float) for v in weights.values()):
+        return {str(k): float(v) for k, v in weights.items()}
+    if isinstance(weights, list) and all(isinstance(v, int | float) for v in weights):
+        return [float(v) for v in weights]
     return None
 
 
@@ -118,7 +138,7 @@ def load_model(path: str | os.PathLike, trust: bool | str = False) -> keras.Mode
     trust = _check_trust(trust)
     p = Path(path)
     fmt = model_format(p)
-    loss = None
+    loss = loss_weights = None
     if fmt == "savedmodel":
         if not trust:
             raise InputError(f"{p}: a TF SavedModel can run arbitrary graph operations when loaded; refused "
@@ -130,6 +150,7 @@ def load_model(path: str | os.PathLike, trust: bool | str = False) -> keras.Mode
         config = _read_keras_config(p)
         check_model_config(config, str(p), trust=trust)
         loss = _loss_from_compile_config(config.get("compile_config"))
+        loss_weights = _loss_weights_from_compile_config(config.get("compile_config"))
         model = _keras_load(p, trust)
     else:
         loss = stored_loss(p, trust=trust)
@@ -137,6 +158,7 @@ def load_model(path: str | os.PathLike, trust: bool | str = False) -> keras.Mode
     if not isinstance(model, keras.Model):
         raise InputError(f"{p}: the file does not hold a Keras model (got {type(model).__name__})")
     model._tfpartials_loss = loss
+    model._tfpartials_loss_weights = loss_weights
     model._tfpartials_source = str(p)
     return model
 
