@@ -1,4 +1,4 @@
-"""tfpartials spectrum MODEL --data D [--operator hessian|ggn|fisher] [--top-k K] [--trace] [--diagonal]
+"""tfpartials spectrum MODEL --data D [--operator hessian|ggn|fisher|kfac|ekfac] [--top-k K] [--trace] [--diagonal]
 [--density] [--seed S] [--out s.json] [--plot density.png]"""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ def add_arguments(p) -> None:
     add_model_args(p)
     add_data_args(p)
     add_output_args(p, help="write the results to this .json (eigenvalues, trace, density, diagonal)")
-    p.add_argument("--operator", choices=["hessian", "ggn", "fisher"], default="hessian",
-                   help="curvature matrix: loss Hessian (default), generalised Gauss-Newton, or Fisher")
+    p.add_argument("--operator", choices=["hessian", "ggn", "fisher", "kfac", "ekfac"], default="hessian",
+                   help="curvature matrix: loss Hessian (default), generalised Gauss-Newton, Fisher, or their "
+                        "Kronecker-factored (KFAC) / eigenvalue-corrected (EKFAC) approximations")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="number of top eigenvalues (default 3 when nothing else is asked, else 0)")
     p.add_argument("--which", choices=["largest", "smallest", "magnitude"], default="largest",
@@ -73,6 +74,11 @@ def _operator(args, model, data):
     from ...linalg.curvature import FisherOperator, GGNOperator, HessianOperator
     from ..common import current_strategy
 
+    if args.operator in ("kfac", "ekfac"):
+        from ...linalg.kfac import EKFACOperator, KFACOperator
+
+        cls = KFACOperator if args.operator == "kfac" else EKFACOperator
+        return cls(model, data, loss=args._loss, wrt=args.wrt, precision=args.precision, quiet=args.quiet)
     cls = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}[args.operator]
     return cls(model, data, loss=args._loss, wrt=args.wrt, batch_size=args.batch_size, precision=args.precision,
                strategy=current_strategy())
