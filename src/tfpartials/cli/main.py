@@ -21,7 +21,7 @@ from contextlib import contextmanager
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
 # order shown in --help; a command whose module is absent is simply not offered
-COMMANDS = ["gradients", "hessian", "hvp", "spectrum", "kfac", "jacobian", "sensitivity", "attribute", "influence", "check", "report", "demo"]
+COMMANDS = ["gradients", "hessian", "hvp", "spectrum", "kfac", "jacobian", "sensitivity", "attribute", "influence", "laplace", "check", "report", "demo"]
 
 
 class _Parser(argparse.ArgumentParser):
