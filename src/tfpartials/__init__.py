@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "InputError": "._checks",
     "ResourceError": "._checks",
     "set_quiet": "._progress",
+    "trust_vectorization": "._tracing",
     # loading
     "load_model": ".io.models",
     "load_data": ".io.data",

@@ -63,7 +63,7 @@ def test_batchnorm_inference_hessian_is_per_example(bn_model):
 
 def test_hessian_bad_inputs():
     model, x, _ = M.mlp()
-    with pytest.raises(InputError, match="has 3 components.*index=INDEX"):
+    with pytest.raises(InputError, match="has 3 components.*component=INDEX"):
         input_hessian(model, x)
     with pytest.raises(InputError, match="index 3 out of range"):
         input_hessian(model, x, index=3)

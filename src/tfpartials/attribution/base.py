@@ -28,6 +28,7 @@ import numpy as np
 from .._backend import keras, tf
 from .._checks import InputError, check_positive_int
 from .._memory import plan_chunks, resolve_budget
+from .._tracing import traced
 from ..io.signature import Signature, signature
 
 __all__ = ["AttributionMethod", "Target", "TargetSpec", "attribute", "make_method", "METHODS"]
@@ -216,7 +217,7 @@ class AttributionMethod(ABC):
                 self.trace_counts[name] = self.trace_counts.get(name, 0) + 1
                 return py(*args)
 
-            compiled = tf.function(counted, input_signature=list(signature_), autograph=False)
+            compiled = traced(counted, input_signature=list(signature_), autograph=False)
 
             def fn(*args, _compiled=compiled):
                 self._pending = None

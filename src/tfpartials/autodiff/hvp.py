@@ -23,12 +23,9 @@ Vectors are processed :data:`MAX_CHUNK` at a time at most, fewer if the memory p
 
 from __future__ import annotations
 
-import logging
-import re
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +33,7 @@ import numpy as np
 from .._backend import tf
 from .._checks import InputError, check_choice
 from .._memory import plan_chunks
+from .._tracing import captured_tf_logs, short_reason, unaudited_layer
 from .objective import Objective
 from .problem import prepare
 from .risk import accumulate
@@ -56,42 +54,6 @@ _TRACE_ERRORS = (ValueError, TypeError, NotImplementedError, LookupError, Attrib
 
 class FallbackWarning(UserWarning):
     """A faster differentiation mode could not be built for this model; a slower exact one is used."""
-
-
-class _PforNotes(logging.Handler):
-    """Collects (and keeps off the console) what pfor logs while a kernel is traced: ops it runs in a loop."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.looped: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if msg.startswith("Using a while_loop for converting "):
-            op = msg[len("Using a while_loop for converting "):].split(" ", 1)[0]
-        elif "uses a while_loop" in msg:
-            op = msg.split(" ", 1)[0]
-        else:
-            return
-        if op not in self.looped:
-            self.looped.append(op)
-
-
-@contextmanager
-def _tracing_notes():
-    """While tracing: pfor's per-op logs go to a collector instead of the console (restored afterwards)."""
-    logger = tf.get_logger()
-    notes = _PforNotes()
-    old_level, old_propagate, old_handlers = logger.level, logger.propagate, list(logger.handlers)
-    logger.handlers = [notes]
-    logger.propagate = False
-    logger.setLevel(logging.DEBUG if old_level == logging.NOTSET else min(old_level, logging.WARNING))
-    try:
-        yield notes
-    finally:
-        logger.handlers = old_handlers
-        logger.propagate = old_propagate
-        logger.setLevel(old_level)
 
 
 def vectorize_columns(column: Callable[[tf.Tensor], tf.Tensor], T: tf.Tensor, mode: str) -> tf.Tensor:
@@ -190,6 +152,11 @@ class ColumnKernel:
         self.modes = list(order) if method == "auto" else [method]
         self.shared = shared or _Shared()
         self._ran: set[tuple[str, bool]] = set()  # (mode, single vector): one vector is traced without pfor
+        custom = unaudited_layer(obj.model) if method == "auto" and "loop" in self.modes else None
+        if custom is not None:  # pfor only through the audited built-in layers: it can crash the process
+            self.modes = ["loop"]
+            self._warn(f"{what}: layer {custom} is not a built-in Keras layer checked for vectorisation; "
+                       f"using {_MODE_TEXT['loop']} (exact; tfpartials.trust_vectorization(cls) to vectorise it)")
 
     @property
     def mode(self) -> str:
@@ -211,7 +178,7 @@ class ColumnKernel:
             if variant in self._ran:
                 return fn(params, x, y, mask, scale, regw, T)
             try:
-                with _tracing_notes() as notes:
+                with captured_tf_logs() as notes:
                     out = fn(params, x, y, mask, scale, regw, T)
             except InputError:
                 raise
@@ -220,7 +187,7 @@ class ColumnKernel:
                     raise
                 self.shared.failed.add(mode)
                 self.modes.pop(0)
-                self._warn(f"{self.what}: {_MODE_TEXT[mode]} is not available for this model ({_reason(exc)}); "
+                self._warn(f"{self.what}: {_MODE_TEXT[mode]} is not available for this model ({short_reason(exc)}); "
                            f"using {_MODE_TEXT[self.mode]} instead (exact, slower)")
                 continue
             self._ran.add(variant)
@@ -228,20 +195,6 @@ class ColumnKernel:
                 self._warn(f"{self.what}: {_MODE_TEXT[mode]} runs {', '.join(notes.looped)} one vector at a time "
                            "(no vectorised rule for it in TensorFlow); exact, slower")
             return out
-
-
-def _reason(exc: BaseException) -> str:
-    """The informative line(s) of a (possibly very long) TensorFlow tracing error."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines()]
-    lines = [ln for ln in lines if ln]
-    text = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
-    for i in range(len(lines) - 1, -1, -1):
-        if re.match(r"^\w*(Error|Exception)\b.*:", lines[i]):
-            text = lines[i]
-            if text.endswith(".") and i + 1 < len(lines) and not lines[i + 1].startswith("Arguments"):
-                text += " " + lines[i + 1]
-            break
-    return text[:240] + ("..." if len(text) > 240 else "")
 
 
 _KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

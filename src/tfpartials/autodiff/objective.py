@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from .._backend import keras, tf
 from .._checks import InputError, check_choice
+from .._tracing import traced
 from ..io.losses import Loss, MultiLoss, resolve_loss
 from ..params import ParameterSpace
 
@@ -164,7 +165,7 @@ class Objective:
         """Cached ``tf.function`` for ``key``; ``builder()`` returns the Python function to compile."""
         fn = self._functions.get(key)
         if fn is None:
-            compiled = tf.function(self._counted(key, builder()), reduce_retracing=True,
+            compiled = traced(self._counted(key, builder()), reduce_retracing=True,
                                    jit_compile=self.jit_compile or None)
 
             def fn(*args, _compiled=compiled):

@@ -24,6 +24,7 @@ from .._backend import tf
 from .._checks import InputError
 from .._memory import plan_chunks, require_fits, resolve_budget
 from .._progress import progress
+from .._tracing import captured_tf_logs, unaudited_layer
 from ..io.data import Data
 from .hvp import FallbackWarning
 from .objective import Objective
@@ -52,6 +53,13 @@ class PerExampleEngine:
         self.objective = objective
         self.mode: str | None = None if vectorize else "loop"
         self.fallback_op: str | None = None
+        custom = unaudited_layer(objective.model) if vectorize else None
+        if custom is not None:  # pfor only through the audited built-in layers: it can crash the process
+            self.mode = "loop"
+            warnings.warn(f"per-example gradients: layer {custom} is not a built-in Keras layer checked for "
+                          "vectorisation; computing the examples one at a time in a compiled loop (exact; "
+                          "tfpartials.trust_vectorization(cls) to vectorise it)", FallbackWarning,
+                          stacklevel=_user_stacklevel())
 
     def _one(self, params):
         obj = self.objective
@@ -93,7 +101,7 @@ class PerExampleEngine:
         if self.mode == "vectorized":
             return list(self._vectorized()(params, x, y))
         try:
-            with _quiet_tf_logger():
+            with captured_tf_logs():
                 out = list(self._vectorized()(params, x, y))
         except InputError:
             raise
@@ -146,19 +154,6 @@ def _unvectorizable_op(exc: Exception) -> str | None:
         first = next((ln.strip() for ln in text.splitlines() if "pfor" in ln or "ectoriz" in ln), text)
         return f"<unknown> ({first[:120]})"
     return None
-
-
-class _quiet_tf_logger:
-    """Silence TensorFlow's own logger while pfor traces (it logs internal fallbacks we report ourselves)."""
-
-    def __enter__(self):
-        self.logger = tf.get_logger()
-        self.level = self.logger.level
-        self.logger.setLevel("ERROR")
-
-    def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
-        return False
 
 
 def _take(a, idx):

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._backend import tf
 from .._progress import progress
+from .._tracing import traced
 from ..io.data import Batch, Data
 
 __all__ = ["accumulate", "as_tensors", "prefetch"]
@@ -109,7 +110,6 @@ def _distributed_function(step, strategy):
     if cached is not None and cached[0] is step and cached[1] is strategy:
         return cached[2]
 
-    @tf.function
     def run(params, per_replica, *extra):
         def replica_step(batch):
             x, y, mask, scale, regw = batch
@@ -118,6 +118,7 @@ def _distributed_function(step, strategy):
         out = strategy.run(replica_step, args=(per_replica,))
         return tf.nest.map_structure(lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), out)
 
+    run = traced(run)
     _DISTRIBUTED[key] = (step, strategy, run)
     return run
 

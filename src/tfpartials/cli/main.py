@@ -101,6 +101,21 @@ def time_limit(seconds: float | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the process-wide warning display and debug flag are restored afterwards."""
+    import warnings
+
+    saved_show, saved_debug = warnings.showwarning, os.environ.get("TFPARTIALS_DEBUG")
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = saved_show
+        if saved_debug is None:
+            os.environ.pop("TFPARTIALS_DEBUG", None)
+        else:
+            os.environ["TFPARTIALS_DEBUG"] = saved_debug
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -109,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     debug = bool(getattr(args, "debug", False))
+    if debug:
+        os.environ["TFPARTIALS_DEBUG"] = "1"  # TensorFlow's own logs are passed through, not captured
+    else:
+        _one_line_warnings()
     from .common import quiet_tensorflow_import
 
     try:
@@ -139,6 +158,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"tfpartials: error: {_describe(exc)}\n")
         return EXIT_USAGE if _is_user_error(exc) else 3
+
+
+def _one_line_warnings() -> None:
+    """Warnings print as ``tfpartials: warning: ...`` on one line (no file, line number or source line)."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        (file or sys.stderr).write(f"tfpartials: warning: {text}\n")
+
+    warnings.showwarning = show
 
 
 def _is_user_error(exc: BaseException) -> bool:

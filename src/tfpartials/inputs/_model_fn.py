@@ -20,13 +20,15 @@ import numpy as np
 
 from .._backend import keras, tf
 from .._checks import InputError
+from .._tracing import traced, unaudited_layer
 from ..io.precision import with_precision
 from ..io.signature import signature
 
 if TYPE_CHECKING:
     from ._sweep import Candidate, Step
 
-__all__ = ["InputFunction", "Prepared", "get_function", "refuse_training", "flat_index", "check_component"]
+__all__ = ["InputFunction", "Prepared", "get_function", "refuse_training", "flat_index", "check_component",
+           "component_alias"]
 
 ZERO = tf.UnconnectedGradients.ZERO
 _CACHE_SIZE = 8
@@ -190,7 +192,7 @@ class InputFunction:
         """A cached ``tf.function`` for ``key`` (built by ``builder()``), traced once per shape."""
         fn = self._functions.get(key)
         if fn is None:
-            fn = tf.function(builder(), reduce_retracing=True)
+            fn = traced(builder(), reduce_retracing=True)
             self._functions[key] = fn
         return fn
 
@@ -207,6 +209,8 @@ class InputFunction:
         if step is None:
             if self.recurrent:
                 candidates = sorted(candidates, key=lambda c: "vectorized_map" in c.name)
+            if unaudited_layer(self.model) is not None:  # pfor only through audited layers (no native crash)
+                candidates = [c for c in candidates if "vectorized_map" not in c.name] or list(candidates)
             step = Step(self, candidates, generic, what)
             self._functions[key] = step
         return step
@@ -281,6 +285,15 @@ def flat_index(what: str, value, shape: tuple[int, ...]) -> int:
             raise InputError(f"{what} {tuple(int(v) for v in value)} out of range for shape {shape}")
         return int(np.ravel_multi_index(tuple(int(v) for v in value), shape))
     raise TypeError(f"{what}: expected an int or a tuple of ints, got {value!r}")
+
+
+def component_alias(component, index):
+    """``component``, or the former keyword ``index`` that some functions took for it (not both)."""
+    if index is None:
+        return component
+    if component is not None:
+        raise InputError("pass the output component as component=... (index= is its former name), not both")
+    return index
 
 
 def check_component(component, out_shape: tuple[int, ...], output_name: str, name: str = "component",

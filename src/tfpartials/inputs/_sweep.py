@@ -8,7 +8,6 @@ chunks of examples and directions.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -18,6 +17,7 @@ from .._backend import tf
 from .._checks import InputError
 from .._memory import plan_chunks, require_fits, resolve_budget
 from .._progress import progress
+from .._tracing import captured_tf_logs, short_reason, traced
 from ._model_fn import InputFunction, Prepared, _spec
 
 __all__ = ["Step", "Candidate", "Unsupported", "sweep", "row_bytes", "budget_and_fixed", "tile_rows",
@@ -26,11 +26,6 @@ __all__ = ["Step", "Candidate", "Unsupported", "sweep", "row_bytes", "budget_and
 
 class Unsupported(InputError):
     """TensorFlow cannot compile this derivative for the model's ops (e.g. forward mode through an LSTM)."""
-
-
-class _DropPforNotices(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "while_loop" not in record.getMessage()
 
 
 class Candidate(NamedTuple):
@@ -62,7 +57,7 @@ class Step:
         self.owner = owner
         self.generic = generic
         self.what = what
-        self._candidates = [(c, tf.function(c.build(), reduce_retracing=generic)) for c in candidates]
+        self._candidates = [(c, traced(c.build(), reduce_retracing=generic)) for c in candidates]
         self._active = None
         self._failure: Unsupported | None = None
         self.method: str | None = None
@@ -74,11 +69,8 @@ class Step:
         if self._failure is not None:
             raise self._failure
         error: Exception | None = None
-        quiet = _DropPforNotices()
-        logger = logging.getLogger("tensorflow")
-        logger.addFilter(quiet)
         forward_failed = False
-        try:
+        with captured_tf_logs():
             for cand, fn in self._candidates:
                 if cand.forward and self.owner.forward_unavailable is not None:
                     error = error or self.owner.forward_unavailable
@@ -94,27 +86,15 @@ class Step:
                 if not cand.forward and forward_failed:  # every forward-mode implementation failed
                     self.owner.forward_unavailable = error
                 return
-        finally:
-            logger.removeFilter(quiet)
         if forward_failed and all(c.forward for c, _ in self._candidates):
             self.owner.forward_unavailable = error
-        self._failure = Unsupported(f"TensorFlow cannot compile {self.what} for this model ({_first_line(error)})")
+        self._failure = Unsupported(f"TensorFlow cannot compile {self.what} for this model ({short_reason(error, 200)})")
         raise self._failure from error
 
     def __call__(self, *args):
         if self._active is None:
             self.prepare(*args)
         return self._active(*args)
-
-
-def _first_line(exc: Exception | None) -> str:
-    if exc is None:
-        return "no implementation"
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    core = [ln for ln in lines if "Exception encountered" in ln or "Error" in ln] or lines or [""]
-    text = core[0].replace("\x1b[1m", "").replace("\x1b[0m", "")
-    name = type(exc).__name__
-    return text[:200] if text.startswith(name) else f"{name}: {text[:160]}"
 
 
 def row_bytes(fn: InputFunction, prep: Prepared, passes: float) -> int:

@@ -8,6 +8,7 @@ from .._backend import tf
 from ._model_fn import (
     ZERO,
     check_component,
+    component_alias,
     get_function,
     refuse_training,
 )
@@ -74,11 +75,11 @@ def _hessian_step(fn, in_shape, n_in: int, n_out: int):
 
 
 def input_hessian(model, x, output: int | str | None = None, input: int | str | None = None, *,
-                  index=None, max_memory: str | int | None = None, training: bool = False,
+                  component=None, index=None, max_memory: str | int | None = None, training: bool = False,
                   precision: str | None = None, batch_size: int | None = None, quiet: bool = False) -> np.ndarray:
     """Per-example Hessian of one output component (or of every component) with respect to the input.
 
-    ``H[b] = d^2 y_b[index] / d x_b^2`` with ``y_b = model(x, training=False)[output][b]``. Each column is one
+    ``H[b] = d^2 y_b[component] / d x_b^2`` with ``y_b = model(x, training=False)[output][b]``. Each column is one
     Hessian-vector product by forward-over-reverse differentiation (a forward-mode derivative of the
     gradient along a coordinate direction); the columns of a chunk of examples run as one vectorised
     computation. Cost: ``n_in`` Hessian-vector products (about 4-5 gradients each) per example and component.
@@ -89,15 +90,18 @@ def input_hessian(model, x, output: int | str | None = None, input: int | str | 
         x: inputs, ``(B, *in)``; a list or dict for a multi-input model (the other inputs are held fixed).
         output: output name or index (multi-output models).
         input: input name or index (multi-input models).
-        index: the output component: None for a single-unit output, a flat index or coordinate tuple into
-            the per-example output shape, or ``"all"`` for every component.
+        component: the output component: None for a single-unit output, a flat index or coordinate tuple into
+            the per-example output shape, or ``"all"`` for every component (same meaning as in
+            :func:`~tfpartials.partial_derivative`, :func:`~tfpartials.laplacian` and
+            :func:`~tfpartials.input_jacobian`).
+        index: former name of ``component`` (still accepted).
         max_memory: budget for the result and the working memory (``"2GiB"``).
         training: must be False (training mode couples examples and randomises Dropout).
         precision: ``"float64"`` computes on a float64 copy of the model.
         batch_size: at most this many examples per pass (memory only).
 
     Returns:
-        ``(B, *in, *in)``, or ``(B, *out, *in, *in)`` for ``index="all"``.
+        ``(B, *in, *in)``, or ``(B, *out, *in, *in)`` for ``component="all"``.
 
     Example:
         >>> import numpy as np, keras, tfpartials as tp
@@ -109,13 +113,13 @@ def input_hessian(model, x, output: int | str | None = None, input: int | str | 
     fn = get_function(model, input, output, precision)
     prep = fn.prepare(x)
     B, n_in, n_out = prep.num_examples, prep.n_in, prep.n_out
-    comp = check_component(index, prep.out_shape, fn.output_name, name="index")
+    comp = check_component(component_alias(component, index), prep.out_shape, fn.output_name)
     comps = np.arange(n_out, dtype=np.int32) if comp is None else np.array([comp], np.int32)
     nc = len(comps)
     item = fn.dtype.size
     budget, fixed = budget_and_fixed(
         max_memory, B * nc * n_in * n_in * item, f"the input Hessian ({B} x {nc} x {n_in} x {n_in})",
-        "choose one component with index=..., use laplacian() or partial_derivative() for the entries you "
+        "choose one component with component=..., use laplacian() or partial_derivative() for the entries you "
         "need, or pass fewer examples")
     H = hessian_flat(fn, prep, comps, budget=budget, fixed=fixed, quiet=quiet, batch_size=batch_size)
     if comp is None:

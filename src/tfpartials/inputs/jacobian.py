@@ -10,6 +10,8 @@ from .._backend import tf
 from .._checks import InputError, check_choice
 from ._model_fn import (
     ZERO,
+    check_component,
+    component_alias,
     flat_index,
     get_function,
     refuse_training,
@@ -32,7 +34,7 @@ Mode = Literal["auto", "forward", "reverse"]
 
 
 def input_gradient(model, x, output: int | str | None = None, input: int | str | None = None, *,
-                   index=None, reduce: Literal["sum", "mean"] | None = "sum", training: bool = False,
+                   component=None, index=None, reduce: Literal["sum", "mean"] | None = "sum", training: bool = False,
                    precision: str | None = None, max_memory: str | int | None = None,
                    batch_size: int | None = None, quiet: bool = False) -> np.ndarray:
     """Per-example gradient of a scalar output with respect to the input.
@@ -48,8 +50,9 @@ def input_gradient(model, x, output: int | str | None = None, input: int | str |
         x: inputs, ``(B, *in)``; a list or dict for a multi-input model.
         output: output name or index (multi-output models).
         input: input name or index to differentiate with respect to; the others are held fixed.
-        index: output component(s), see above.
-        reduce: how to combine the components of a vector output when ``index`` is None; ``None`` requires
+        component: output component(s), see above (an int, a coordinate tuple, or one index per example).
+        index: former name of ``component`` (still accepted).
+        reduce: how to combine the components of a vector output when ``component`` is None; ``None`` requires
             a single-unit output or an ``index``.
         precision: ``"float64"`` computes on a float64 copy of the model.
         max_memory: working-memory budget (``"2GiB"``, bytes); default half the available memory.
@@ -67,6 +70,7 @@ def input_gradient(model, x, output: int | str | None = None, input: int | str |
     """
     refuse_training(training, "per-example input gradients")
     check_choice("reduce", reduce, ("sum", "mean", None))
+    index = component_alias(component, index)
     fn = get_function(model, input, output, precision)
     prep = fn.prepare(x)
     B, n_out = prep.num_examples, prep.n_out
@@ -76,7 +80,7 @@ def input_gradient(model, x, output: int | str | None = None, input: int | str |
             w[:] = 1
         elif reduce is None:
             raise InputError(f"output {fn.output_name!r} has {n_out} components (shape {prep.out_shape}); "
-                             f"choose one with index=INDEX (0..{n_out - 1}) or pass reduce='sum'")
+                             f"choose one with component=INDEX (0..{n_out - 1}) or pass reduce='sum'")
         else:
             w[:] = 1.0 if reduce == "sum" else 1.0 / n_out
     elif isinstance(index, np.ndarray) or hasattr(index, "numpy"):
@@ -192,7 +196,7 @@ def jacobian_flat(fn, prep, mode: str, *, budget: int, fixed: int, quiet: bool =
 
 
 def input_jacobian(model, x, output: int | str | None = None, input: int | str | None = None, *,
-                   mode: Mode = "auto", max_memory: str | int | None = None, training: bool = False,
+                   component=None, mode: Mode = "auto", max_memory: str | int | None = None, training: bool = False,
                    precision: str | None = None, batch_size: int | None = None,
                    quiet: bool = False) -> np.ndarray:
     """Per-example Jacobian of the chosen output with respect to the chosen input.
@@ -211,6 +215,10 @@ def input_jacobian(model, x, output: int | str | None = None, input: int | str |
         x: inputs, ``(B, *in)``; a list or dict for a multi-input model (the other inputs are held fixed).
         output: output name or index (multi-output models).
         input: input name or index (multi-input models).
+        component: None or ``"all"`` for every output component (the whole Jacobian), or one component (a flat
+            index or coordinate tuple into the per-example output shape) for its row ``d y_b[component] / d x_b``
+            only, at the cost of one gradient per example; same meaning as in :func:`~tfpartials.input_hessian`,
+            :func:`~tfpartials.partial_derivative` and :func:`~tfpartials.laplacian`.
         mode: ``"auto"``, ``"forward"`` or ``"reverse"``; all give the same numbers.
         max_memory: budget for the result and the working memory (``"2GiB"``); default half of what is free.
         training: must be False (training mode couples examples through BatchNorm and randomises Dropout).
@@ -218,7 +226,7 @@ def input_jacobian(model, x, output: int | str | None = None, input: int | str |
         batch_size: at most this many examples per pass (memory only).
 
     Returns:
-        ``(B, *out, *in)`` array.
+        ``(B, *out, *in)`` array, or ``(B, *in)`` for one ``component``.
 
     Raises:
         InputError: wrong input shape, unknown input/output, integer input, ``training=True``.
@@ -237,6 +245,10 @@ def input_jacobian(model, x, output: int | str | None = None, input: int | str |
     check_choice("mode", mode, ("auto", "forward", "reverse"))
     fn = get_function(model, input, output, precision)
     prep = fn.prepare(x)
+    if component is not None and not (isinstance(component, str) and component == "all"):
+        check_component(component, prep.out_shape, fn.output_name)
+        return input_gradient(model, x, output, input, index=component, reduce=None, precision=precision,
+                              max_memory=max_memory, batch_size=batch_size, quiet=quiet)
     B, n_in, n_out = prep.num_examples, prep.n_in, prep.n_out
     chosen = mode if mode != "auto" else ("forward" if n_in < n_out else "reverse")
     budget, fixed = budget_and_fixed(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._backend import keras, tf
+from .._tracing import traced
 from ..autodiff.objective import Objective
 from ..autodiff.risk import as_tensors
 from ..io.data import Data
@@ -191,7 +192,7 @@ def gradient_cuts(obj: Objective, data: Data) -> tuple[GradientCut, ...]:
                 result.append(_cut_message(names[i], op_type, op_name, what))
         return value
 
-    tf.function(analyse, autograph=False).get_concrete_function(obj.space.values(), *args)
+    traced(analyse, autograph=False).get_concrete_function(obj.space.values(), *args)
     return tuple(result)
 
 
