@@ -161,6 +161,10 @@ def check_batch_size(args) -> None:
         raise InputError(f"--batch-size: expected a positive integer, got {bs}")
 
 
+# commands that differentiate twice (checked on a restored SavedModel before any data is read)
+_SECOND_ORDER = {"hessian", "hvp", "spectrum", "check", "report"}
+
+
 def load_model_and_data(args, *, targets: bool = True) -> tuple[Any, Any]:
     """Load MODEL (safely) and --data, validated against each other."""
     from .. import load_model
@@ -168,6 +172,11 @@ def load_model_and_data(args, *, targets: bool = True) -> tuple[Any, Any]:
 
     check_batch_size(args)
     model = load_model(args.model, trust=args.trust)
+    if getattr(args, "command", None) in _SECOND_ORDER or getattr(args, "order", 1) == 2:  # a restored graph
+        # may lack second derivatives: refuse before any data is read
+        from ..io.savedmodel import require_derivatives
+
+        require_derivatives(model, 2)
     loss_name = None
     if targets:
         from ..io.losses import resolve_loss

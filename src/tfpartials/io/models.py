@@ -8,7 +8,8 @@ A model file is a program. The policy, in order:
   ``compile=False``; the loss name is read from the config as text.
 - legacy ``.h5``: the same config check on the ``model_config`` attribute, plus HDF5 checks (external links,
   virtual datasets, external storage); Keras >= 3.15.1 honours ``safe_mode`` for HDF5 too (tested).
-- TF SavedModel directories can run arbitrary graph operations and are refused unless ``trust=True``.
+- TF SavedModel directories can run arbitrary graph operations and are refused unless ``trust=True``; with it
+  they load as Keras models over their restored variables (:mod:`tfpartials.io.savedmodel`; no stored loss).
 - ``trust="sandbox"`` is for computations, not live models: see :func:`tfpartials.sandbox.sandboxed`.
 """
 
@@ -195,10 +196,6 @@ def _short(msg: str, n: int = 200) -> str:
 
 
 def _load_savedmodel(p: Path):
-    try:
-        layer = keras.layers.TFSMLayer(str(p), call_endpoint="serving_default")
-    except Exception as exc:
-        raise InputError(f"{p}: not a loadable SavedModel ({type(exc).__name__}: {_short(str(exc))})") from None
-    raise InputError(f"{p}: SavedModel directories load as inference-only layers without trainable Keras "
-                     f"variables ({type(layer).__name__}); re-save the model as .keras to differentiate it "
-                     "with respect to its parameters")
+    from .savedmodel import load_savedmodel
+
+    return load_savedmodel(p)
