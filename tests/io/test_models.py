@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+import tfpartials as tp
 from tests import models as M
 from tests.cli import hostile_files as H
 from tfpartials._checks import InputError
@@ -107,8 +108,10 @@ def test_savedmodel_needs_trust_and_then_explains(tmp_path):
     assert model_format(p) == "savedmodel"
     with pytest.raises(InputError, match=r"refused without trust"):
         load_model(p)
-    with pytest.raises(InputError, match=r"re-save the model as \.keras"):
-        load_model(p, trust=True)
+    model = load_model(p, trust=True)  # a tf.Module with x @ w: differentiable in w (tests/io/test_savedmodel.py)
+    x = np.arange(12, dtype="float32").reshape(3, 4)
+    g = tp.gradients(model, (x, np.zeros((3, 1), "float32")), loss="mse", quiet=True)
+    np.testing.assert_allclose(g["variables/w"], 2 * x.T @ (x @ np.ones((4, 1))) / 3, rtol=1e-6)
 
 
 def test_stored_loss_is_read_as_text(tmp_path):

@@ -137,7 +137,8 @@ def _restore(p: Path) -> tuple[RestoredGraph, list, list]:
                          "writes)")
     input_names = tuple(sorted(kw_specs))
     in_specs = [kw_specs[n] for n in input_names]
-    by_handle = {id(v.handle): v for v in getattr(loaded, "variables", [])}
+    found = _restored_variables(loaded)
+    by_handle = {id(v.handle): v for v, _ in found.values()}
     captured = []
     for external, internal in cf.graph.captures:
         var = by_handle.get(id(external))
@@ -174,8 +175,34 @@ def _restore(p: Path) -> tuple[RestoredGraph, list, list]:
 
     pure = tf.compat.v1.wrap_function(imported, [*in_specs, *var_specs])
     paths = tuple(v.name.split(":")[0] for v in variables)
+    if len(set(paths)) < len(paths) or not all("/" in q for q in paths):  # unscoped (tf.Module) or repeated
+        # variable names: the attribute paths in the restored object instead
+        paths = tuple(found[v.ref()][1] for v in variables)
     graph = RestoredGraph(str(p), key, input_names, output_names, paths, pure, (*in_specs, *var_specs))
     return graph, variables, out_specs
+
+
+def _restored_variables(loaded) -> dict:
+    """Every variable reachable from the restored object (by ``ref()``) -> ``(variable, attribute path)``."""
+    found: dict = {}
+    seen = {id(loaded)}
+    queue = [(loaded, "")]
+    while queue:
+        obj, prefix = queue.pop(0)
+        try:
+            children = obj._trackable_children()
+        except Exception:  # an object that does not list its children
+            continue
+        for name, child in children.items():
+            path = f"{prefix}{name}"
+            if isinstance(child, tf.Variable):
+                found.setdefault(child.ref(), (child, path))
+            elif id(child) not in seen:
+                seen.add(id(child))
+                queue.append((child, path + "/"))
+    for v in getattr(loaded, "variables", []) or []:
+        found.setdefault(v.ref(), (v, v.name.split(":")[0]))
+    return found
 
 
 def _scopes(paths: Sequence[str], dtype) -> tuple[list[_Scope], list[tuple[_Scope, str]]]:
