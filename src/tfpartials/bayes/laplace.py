@@ -170,7 +170,7 @@ class Laplace:
             layer = name.rsplit("/", 1)[0] if "/" in name else name
             self._layer_of[sl_start:sl_stop] = self._layers.index(layer)
         self._prior = self._prior_vector(prior_precision)
-        self._prior_kind = self._kind_of(prior_precision)
+        self._prior_kind = self._kind_of(prior_precision, self._prior)
         self._posterior = self._fit()
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -186,13 +186,12 @@ class Laplace:
                 raise InputError("likelihood='classification' needs a model that outputs logits and a loss with "
                                  "from_logits=True (--from-logits); remove the final softmax/sigmoid")
 
-    def _kind_of(self, value) -> str:
-        if isinstance(value, Mapping):
-            return "layer"
-        a = np.asarray(value)
-        if a.ndim == 0:
+    def _kind_of(self, value, vector: np.ndarray) -> str:
+        """``"scalar"`` for a number, ``"layer"`` when constant on every layer, else ``"parameter"``."""
+        if not isinstance(value, Mapping) and np.ndim(value) == 0:
             return "scalar"
-        return "parameter" if a.size == self.n_params else "layer"
+        firsts = np.array([vector[self._layer_of == i][0] for i in range(len(self._layers))])
+        return "layer" if np.array_equal(firsts[self._layer_of], vector) else "parameter"
 
     def _prior_vector(self, value) -> np.ndarray:
         """Per-parameter prior precision ``(P,)`` from a scalar, a dict, per-layer or per-parameter values."""
@@ -316,7 +315,7 @@ class Laplace:
     @prior_precision.setter
     def prior_precision(self, value) -> None:
         self._prior = self._prior_vector(value)
-        self._prior_kind = self._kind_of(value)
+        self._prior_kind = self._kind_of(value, self._prior)
 
     @property
     def layers(self) -> list[str]:
