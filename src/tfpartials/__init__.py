@@ -46,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     "OutputGradientShares": ".autodiff.multi_output",
     # second order w.r.t. parameters
     "hvp": ".autodiff.hvp",
-    "FallbackWarning": ".autodiff.hvp",
+    "FallbackWarning": "._fallback",
     "hessian": ".autodiff.hessian",
     "HessianResult": ".autodiff.hessian",
     # curvature operators (one per-batch product each; the base class does the data pass)
@@ -73,6 +73,8 @@ _EXPORTS: dict[str, str] = {
     "EigenResult": ".estimators",
     "hutchinson_trace": ".estimators",
     "hutchpp_trace": ".estimators",
+    "layerwise_trace": ".estimators",
+    "LayerwiseTrace": ".estimators",
     "TraceEstimate": ".estimators",
     "hutchinson_diagonal": ".estimators",
     "exact_diagonal": ".estimators",
