@@ -1,4 +1,7 @@
-"""Self-contained HTML for a report: inline CSS, PNGs embedded as base64 data URIs, no scripts, no network.
+"""Self-contained HTML for a report: inline CSS, PNGs embedded as base64 data URIs, no network.
+
+The only script is a few inline lines that sort a table when a column header is clicked (the page reads the
+same without it).
 
 Every value shown is rendered from the results dict and sits in an element carrying its dotted path,
 ``<span data-key="sections.gradients.results.total_norm">0.0123</span>``, so a reader (or a test) can check the
@@ -22,8 +25,17 @@ __all__ = ["render_html", "write_html", "format_value", "render_index"]
 
 #: lists of scalars longer than this are not printed (they are in results.json and the plots)
 MAX_INLINE_LIST = 16
-#: tables of records longer than this show their first rows only
-MAX_TABLE_ROWS = 60
+#: tables of records longer than this show their first rows only (per-layer tables of a large model fit)
+MAX_TABLE_ROWS = 400
+
+_SORT_JS = (
+    "document.querySelectorAll('table.sortable th').forEach(function(th){th.style.cursor='pointer';"
+    "th.title='sort';th.addEventListener('click',function(){var t=th.closest('table'),b=t.tBodies[0],"
+    "i=Array.prototype.indexOf.call(th.parentNode.children,th),d=th.dataset.d=th.dataset.d==='a'?'d':'a',"
+    "key=function(r){var c=r.children[i];if(!c)return '';var s=c.textContent.trim(),n=parseFloat(s);"
+    "return isNaN(n)?s.toLowerCase():n;};Array.prototype.slice.call(b.rows).sort(function(x,y){"
+    "var p=key(x),q=key(y),o=(typeof p===typeof q)?(p<q?-1:p>q?1:0):(typeof p==='number'?-1:1);"
+    "return d==='a'?o:-o;}).forEach(function(r){b.appendChild(r);});});});")
 
 _LABELS: dict[str, str] = {
     "name": "name", "num_parameters": "parameters", "num_variables": "variables", "num_examples": "examples",
@@ -153,7 +165,7 @@ def _records_table(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
         body.append(f"<tr>{cells}</tr>")
     more = ('<p class="sub">Only the first rows are shown; every row is in results.json.</p>'
             if len(rows) > MAX_TABLE_ROWS else "")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{more}'
 
 
 def _dict_block(path: str, d: Mapping[str, Any]) -> str:
@@ -215,7 +227,7 @@ def _page(title: str, body: str) -> str:
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<link rel=\"icon\" href=\"data:,\">"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
-            f"<body><main>{body}</main></body></html>\n")
+            f"<body><main>{body}</main><script>{_SORT_JS}</script></body></html>\n")
 
 
 def render_html(results: Mapping[str, Any], directory: str | os.PathLike | None = None) -> str:

@@ -41,13 +41,17 @@ __all__ = ["REPORT_FORMAT", "SECTIONS", "SECTION_TITLES", "Section", "Status", "
 REPORT_FORMAT = "tfpartials-report/1"
 
 #: section keys in report order
-SECTIONS: tuple[str, ...] = ("gradients", "per_example", "curvature", "attributions", "check")
+SECTIONS: tuple[str, ...] = ("gradients", "per_example", "curvature", "attributions", "uncertainty", "influence",
+                             "sensitivity", "check")
 
 SECTION_TITLES: dict[str, str] = {
     "gradients": "Gradients per variable and layer",
     "per_example": "Per-example gradient norms",
     "curvature": "Curvature: Hessian eigenvalues, trace and spectral density",
     "attributions": "Input sensitivities (attributions)",
+    "uncertainty": "Uncertainty: MAP vs Laplace calibration on held-out data",
+    "influence": "Influence of training examples",
+    "sensitivity": "Global sensitivity of the output to each input feature (DGSM)",
     "check": "Finite-difference check",
 }
 
@@ -58,6 +62,9 @@ _ALIASES: dict[str, str] = {
     "curvature": "curvature", "spectrum": "curvature", "hessian": "curvature", "density": "curvature",
     "attributions": "attributions", "attribution": "attributions", "saliency": "attributions",
     "check": "check", "verification": "check", "finite-differences": "check",
+    "uncertainty": "uncertainty", "laplace": "uncertainty", "calibration": "uncertainty",
+    "influence": "influence", "self-influence": "influence",
+    "sensitivity": "sensitivity", "dgsm": "sensitivity",
 }
 
 Status = str  # "ok" | "skipped" | "failed" | "unavailable"
@@ -77,7 +84,8 @@ def canonical_section(name: str) -> str:
 @dataclass
 class Section:
     """One section's outcome: ``status`` ``ok``/``skipped``/``failed``/``unavailable``, its numbers, plots and
-    ``notes`` (warnings raised while it ran, e.g. a slower fallback path)."""
+    ``notes`` (warnings raised while it ran, e.g. a slower fallback path) and ``reduced`` (settings cut to fit
+    the time budget: ``{"what", "asked", "used"}``)."""
 
     key: str
     status: Status = "ok"
@@ -85,10 +93,12 @@ class Section:
     results: dict[str, Any] = field(default_factory=dict)
     plots: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reduced: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": SECTION_TITLES.get(self.key, self.key), "status": self.status, "reason": self.reason,
-                "notes": list(self.notes), "results": to_jsonable(self.results), "plots": list(self.plots)}
+                "notes": list(self.notes), "reduced": to_jsonable(self.reduced),
+                "results": to_jsonable(self.results), "plots": list(self.plots)}
 
 
 # ------------------------------------------------------------------------------------------------- hashes

@@ -20,7 +20,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,25 @@ from typing import Any
 import numpy as np
 
 from .._checks import InputError, check_choice, check_positive_float, check_positive_int, check_seed
+from .._tracing import captured_tf_logs, short_reason
 from .records import REPORT_FORMAT, SECTIONS, Section, canonical_section, now_iso
 
 __all__ = ["build_report", "plan_report", "run_plan", "ReportPlan", "DEFAULT_NUM_MATVECS", "DEFAULT_TIME_BUDGET",
            "DEFAULT_PROBE_EXAMPLES", "normal_permissions"]
 
-DEFAULT_NUM_MATVECS = 60       # Hutch++ matvecs for the trace (each layer's trace gets the same, or is exact)
-DEFAULT_TIME_BUDGET = 600.0    # seconds; sections not started by then are skipped
+DEFAULT_NUM_MATVECS = 60       # most matvecs of the trace; every layer's trace comes from the same probes
+DEFAULT_TIME_BUDGET = 120.0    # seconds; each section plans its work to fit its share, or is skipped
 DEFAULT_PROBE_EXAMPLES = 256   # examples in the curvature probe batch
 DEFAULT_PER_EXAMPLE = 512      # examples whose individual gradients are measured
 DENSITY_PROBES, DENSITY_STEPS = 4, 30   # SLQ: probes x Lanczos steps
 CHECK_EXAMPLES, CHECK_DIRECTIONS = 32, 4  # finite-difference check: examples, seeded directions
 IG_STEPS = 32
 
-_SEED_OFFSETS = {"gradients": 0, "per_example": 1, "curvature": 2, "attributions": 3, "check": 4}
+_SEED_OFFSETS = {"gradients": 0, "per_example": 1, "curvature": 2, "attributions": 3, "check": 4,
+                 "uncertainty": 5, "influence": 6, "sensitivity": 7}
+#: relative share of the time left that each section may plan for (the shares of sections not run carry over)
+SECTION_WEIGHTS = {"gradients": 1.0, "per_example": 1.5, "curvature": 4.0, "attributions": 1.0, "check": 2.0,
+                   "uncertainty": 1.5, "influence": 1.5, "sensitivity": 0.5}
 
 
 @dataclass
@@ -65,10 +69,46 @@ class ReportPlan:
     quiet: bool = False
     log: Callable[[str], None] | None = field(default=None, repr=False)
     deadline: float | None = field(default=None, repr=False)
+    eval_data: Any = None
+    allotted: float = float("inf")  # seconds the running section may plan for
+    costs: dict[str, float] = field(default_factory=dict, repr=False)  # measured seconds, shared by sections
 
     def out_of_time(self) -> bool:
         """True once the report's time budget is spent (long sections check this between their parts)."""
         return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def seconds_left(self) -> float:
+        """Seconds left of the running section's share of the budget."""
+        return self.allotted - (time.perf_counter() - self._section_start)
+
+    _section_start: float = field(default=0.0, repr=False)
+
+    def fit(self, sec: Section, what: str, asked: int, cost_each: float, fixed: float = 0.0, minimum: int = 1,
+            unit: str = "", share: float = 1.0) -> int:
+        """How many of ``what`` fit ``share`` of the section's time left at ``cost_each`` seconds each.
+
+        Returns ``asked`` when they fit, else the largest count that does (at least ``minimum``), and records
+        the reduction in the section (shown on the page and in ``results.json``).
+        """
+        room = share * self.seconds_left() - fixed
+        if cost_each <= 0 or asked * cost_each <= room:
+            return asked
+        used = int(max(minimum, min(asked, np.floor(room / cost_each))))
+        if used < asked:
+            self.reduce(sec, what, asked, used, f"{cost_each:.3g} s per {unit or what.rstrip('s')}")
+        return used
+
+    def reduce(self, sec: Section, what: str, asked: Any, used: Any, measured: str = "") -> None:
+        """Record that ``what`` was cut from ``asked`` to ``used`` to fit the time budget."""
+        sec.reduced.append({"what": what, "asked": asked, "used": used})
+        cost = f" (measured {measured})" if measured else ""
+        sec.notes.append(f"reduced {what} from {asked} to {used} to fit this section's "
+                         f"{self.allotted:.0f} s share of the time budget{cost}; raise --time-budget for more")
+
+    def round_to_batches(self, k: int) -> int:
+        """``k`` examples rounded down to whole batches (one compiled shape for every pass), at least one."""
+        bs = self.data.batch_size
+        return int(k) if k <= bs else int(max(bs, (k // bs) * bs))
 
     @property
     def loss(self):
@@ -133,12 +173,14 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
                 title: str | None = None, quiet: bool = False, density_probes: int = DENSITY_PROBES,
                 density_steps: int = DENSITY_STEPS, check_examples: int = CHECK_EXAMPLES,
                 check_directions: int = CHECK_DIRECTIONS,
-                check_what: Sequence[str] = ("gradients", "hvp", "jacobian"), strategy=None) -> ReportPlan:
+                check_what: Sequence[str] = ("gradients", "hvp", "jacobian"), strategy=None,
+                eval_data=None) -> ReportPlan:
     """Check every input and option (cheaply) and return the plan; InputError on anything wrong.
 
     Options are those of :func:`build_report`; ``density_probes`` and ``density_steps`` size the SLQ density
     (probes x Lanczos steps matvecs), ``check_examples``, ``check_directions`` and ``check_what`` (any of
-    ``"gradients"``, ``"hvp"``, ``"jacobian"``) the finite-difference check.
+    ``"gradients"``, ``"hvp"``, ``"jacobian"``) the finite-difference check; ``eval_data`` is held-out data
+    for the uncertainty section.
     """
     from .._backend import keras
     from ..autodiff.problem import prepare
@@ -192,7 +234,7 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
             raise InputError(f"feature_names: expected {width} names (one per input feature), got {len(names)}")
     elif feature_names is not None:
         raise TypeError(f"feature_names: expected a sequence of names, got {feature_names!r}")
-    with _retracing_notes_off():
+    with captured_tf_logs():
         _preflight(obj, d)
     if data_file is not None:
         from .records import file_sha256
@@ -211,7 +253,16 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
                 "check_what": check_what,
                 "replicas": int(strategy.num_replicas_in_sync) if strategy is not None else 1,
                 "integrated_gradients_steps": IG_STEPS}
-    return ReportPlan(model=obj.model, objective=obj, data=d, settings=settings, skip=skipped,
+    eval_d = None
+    if eval_data is not None:
+        from ..io.data import load_data
+
+        eval_d = load_data(eval_data, batch_size=d.batch_size, model=obj.model, loss_name=obj.loss.name,
+                           target=target, allow_nan=allow_nan, require_targets=True)
+        if obj.dtype.name == "float64":
+            eval_d = eval_d.cast("float64")
+        settings["eval_examples"] = int(eval_d.num_examples)
+    return ReportPlan(model=obj.model, objective=obj, data=d, settings=settings, skip=skipped, eval_data=eval_d,
                       title=title or f"tfpartials report: {model.name}", kind=kind,
                       feature_names=list(names) if names is not None else None, model_file=model_file,
                       data_file=data_file, model_digest=model_digest, data_digest=data_digest, quiet=quiet,
@@ -256,15 +307,8 @@ def _unavailable(exc: ImportError) -> str | None:
     if isinstance(exc, ModuleNotFoundError) and name.startswith("tfpartials"):
         return f"this part of tfpartials ({name}) is not available in this installation"
     if "cannot import name" in str(exc) and "tfpartials" in str(exc):
-        return f"this part of tfpartials is not available in this installation ({_reason(exc)})"
+        return f"this part of tfpartials is not available in this installation ({short_reason(exc)})"
     return None
-
-
-def _reason(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())
-    if len(msg) > 400:
-        msg = msg[:397] + "..."
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -289,9 +333,15 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
     timing: dict[str, Any] = {}
     budget = float(plan.settings["time_budget_seconds"])
     plan.deadline = t0 + budget
-    with _retracing_notes_off():
+    todo = [k for k in SECTIONS if k not in plan.skip]
+    with captured_tf_logs():
         for i, key in enumerate(SECTIONS):
+            later = sum(SECTION_WEIGHTS.get(k, 1.0) for k in todo if SECTIONS.index(k) >= i)
+            left = plan.deadline - time.perf_counter()
+            plan.allotted = max(0.0, left) * SECTION_WEIGHTS.get(key, 1.0) / later if later else left
+            plan._section_start = time.perf_counter()
             _run_section(plan, key, i, results, timing, d, say, t0, budget)
+    timing["measured_costs"] = {k: round(v, 4) for k, v in plan.costs.items()}
     prov = provenance(model_file=plan.model_file, model_digest=plan.model_digest, data_file=plan.data_file,
                       data_digest=plan.data_digest, seed=plan.settings["seed"], settings=plan.settings,
                       weights_digest=plan.weights_digest)
@@ -320,7 +370,6 @@ def _run_section(plan: ReportPlan, key: str, i: int, results: dict, timing: dict
         sec.status = "skipped"
         sec.reason = "the time budget was used up before this section started (raise --time-budget)"
     else:
-        say(f"[{i + 1}/{len(SECTIONS)}] {key.replace('_', '-')} ...")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -331,16 +380,17 @@ def _run_section(plan: ReportPlan, key: str, i: int, results: dict, timing: dict
         except ImportError as exc:
             why = _unavailable(exc)
             if why is None:
-                sec.status, sec.reason = "failed", _reason(exc)
+                sec.status, sec.reason = "failed", short_reason(exc, 400)
             else:
                 sec.status, sec.reason = "unavailable", why
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a failing section is recorded and shown, not fatal
-            sec.status, sec.reason = "failed", _reason(exc)  # numbers computed before the failure are kept
+            sec.status, sec.reason = "failed", short_reason(exc, 400)  # numbers before the failure are kept
     timing[key] = round(time.perf_counter() - t, 3)
-    if sec.status != "skipped" or key not in plan.skip:
-        say(f"      {key.replace('_', '-')}: {sec.status} ({timing[key]:.1f} s)")
+    if key not in plan.skip:  # one line per section: what ran, how it ended, how long it took
+        cut = f", reduced {len(sec.reduced)} setting(s) to fit the budget" if sec.reduced else ""
+        say(f"[{i + 1}/{len(SECTIONS)}] {key.replace('_', '-')}: {sec.status} ({timing[key]:.1f} s{cut})")
     results["sections"][key] = sec.to_dict()
 
 
@@ -358,24 +408,6 @@ def _notes(caught) -> list[str]:
         if text not in out:
             out.append(text)
     return out
-
-
-@contextmanager
-def _retracing_notes_off():
-    """Silence TensorFlow's "triggered tf.function retracing" notes while the report runs.
-
-    The report evaluates the same model on a few batch shapes (the whole data, probe sets, single examples),
-    each traced once by design; TensorFlow's heuristic would otherwise warn about it on every run.
-    """
-    import logging
-
-    logger = logging.getLogger("tensorflow")
-    old = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
 
 
 def _printer(quiet: bool) -> Callable[[str], None]:

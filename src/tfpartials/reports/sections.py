@@ -8,6 +8,7 @@ tfpartials that is missing only marks its section as unavailable.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ __all__ = ["RUNNERS", "ATTRIBUTED_IMAGES", "ATTRIBUTED_ROWS"]
 
 ATTRIBUTED_IMAGES = 4   # images shown with their saliency and integrated-gradients maps
 ATTRIBUTED_ROWS = 256   # tabular rows whose attributions are averaged per feature
+EIGEN_TOL = 1e-3        # relative Ritz residual of the top eigenvalues: three digits are what a report shows
+TRACE_REL_TOL = 0.05    # the whole-model trace takes probes until its standard error is 5% of its value
 
 
 def _f(x) -> float:
@@ -45,7 +48,10 @@ def gradients(plan, sec: Section, directory: Path | None, results: dict) -> None
     from ..autodiff.gradient import value_and_gradient
 
     obj = plan.objective
+    t0 = time.perf_counter()
     value, flat = value_and_gradient(obj, plan.data, quiet=plan.quiet, description="gradient")
+    first = time.perf_counter() - t0
+    _measure_gradient(plan, first)
     g = obj.space.to_dict(flat.numpy())
     norms = {n: float(np.linalg.norm(a.astype(np.float64))) for n, a in g.items()}
     largest = max(norms.values()) if norms else 0.0
@@ -68,13 +74,35 @@ def gradients(plan, sec: Section, directory: Path | None, results: dict) -> None
     results["summary"]["loss"] = loss_value
     results["summary"]["gradient_norm"] = total
     if directory is not None:
-        from .plots_gradients import plot_gradient_norms
+        _layer_chart(sec, directory, "gradients.png", per_layer, "norm", None,
+                     "Loss gradient norm per layer", "L2 norm of the layer's loss gradient (log scale)",
+                     "L2 norm of the loss gradient per layer, log scale: vanishing gradients sit far left of "
+                     "the others, exploding ones far right.", log=True)
 
-        plot_gradient_norms([r["name"] for r in per_var], [r["norm"] for r in per_var],
-                            directory / "gradients.png")
-        sec.plots.append({"file": "gradients.png",
-                          "caption": "L2 norm of the loss gradient per variable, log scale: vanishing "
-                                     "gradients sit far left of the others, exploding ones far right."})
+
+def _measure_gradient(plan, first_pass: float) -> None:
+    """Seconds of one compiled gradient batch, and of tracing it, for the sections that plan from them."""
+    from ..autodiff.gradient import value_and_gradient
+
+    one = plan.subset(plan.data.batch_size)
+    t0 = time.perf_counter()
+    value_and_gradient(plan.objective, one, quiet=True)
+    batch = time.perf_counter() - t0
+    plan.costs["gradient_batch"] = batch
+    plan.costs["gradient_example"] = batch / max(1, one.num_examples)
+    plan.costs["gradient_trace"] = max(0.0, first_pass - batch * plan.data.num_batches)
+
+
+def _gradient_costs(plan) -> tuple[float, float]:
+    """(seconds per example gradient, seconds to trace a gradient), measured if no section did yet."""
+    if "gradient_example" not in plan.costs:
+        from ..autodiff.gradient import value_and_gradient
+
+        one = plan.subset(plan.data.batch_size)
+        t0 = time.perf_counter()
+        value_and_gradient(plan.objective, one, quiet=True)
+        _measure_gradient(plan, time.perf_counter() - t0)
+    return plan.costs["gradient_example"], plan.costs["gradient_trace"]
 
 
 # ------------------------------------------------------------------------------------------- per example
@@ -83,7 +111,18 @@ def per_example(plan, sec: Section, directory: Path | None, results: dict) -> No
     from ..autodiff.statistics import gradient_statistics
     from .plots_gradients import histogram
 
-    data = plan.subset(plan.settings["per_example_examples"])
+    asked = int(plan.settings["per_example_examples"])
+    bs = plan.data.batch_size
+    if asked > 2 * bs and np.isfinite(plan.allotted):  # measure one compiled batch, then plan the examples
+        one = plan.subset(bs)
+        gradient_statistics(plan.objective, one, quiet=True)
+        t0 = time.perf_counter()
+        gradient_statistics(plan.objective, one, quiet=True)
+        plan.costs["per_example_batch"] = time.perf_counter() - t0
+        batches = plan.fit(sec, "per-example examples", -(-asked // bs), plan.costs["per_example_batch"],
+                           unit="batch of examples")
+        asked = min(asked, batches * bs)
+    data = plan.subset(asked)
     stats = gradient_statistics(plan.objective, data, quiet=plan.quiet)
     norms = np.asarray(stats.norms, dtype=np.float64)
     counts, edges = histogram(norms)
@@ -106,46 +145,106 @@ def per_example(plan, sec: Section, directory: Path | None, results: dict) -> No
                           "caption": "How large each example's loss gradient is: a long right tail means a few "
                                      "examples dominate the mean gradient. A signal-to-noise ratio below one "
                                      "means the examples disagree more than they agree."})
+        if len(per_layer) > 1:
+            _layer_chart(sec, directory, "per_example_layers.png", per_layer, "snr", None,
+                         "Gradient signal-to-noise ratio per layer", "SNR: |mean gradient|² / total variance "
+                         "(log scale)", "Signal-to-noise ratio of the per-example gradients per layer: layers "
+                         "far below one get mostly noise from a mini-batch.", log=True)
 
 
 # --------------------------------------------------------------------------------------------- curvature
 def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None:
-    """Top-k Hessian eigenvalues, Hutch++ trace overall and per layer, and the SLQ spectral density."""
-    from ..estimators import hutchpp_trace, layer_names, restrict, spectral_density, top_eigenvalues
+    """Top-k Hessian eigenvalues, trace overall and per layer from shared probes, and the SLQ density.
+
+    The work is planned before it starts: one Hessian-vector product on one batch is timed, and the probe
+    examples, then the density's and the trace's matvecs, are cut until the section fits its time share.
+    """
+    from .._backend import tf
+    from ..estimators import layerwise_trace, spectral_density, top_eigenvalues
     from ..linalg.curvature import HessianOperator
 
     s = plan.settings
-    probe = plan.subset(s["probe_examples"])
     model, loss, wrt = plan.objective.model, plan.loss, s["wrt"]
-    op = _one_column_at_a_time(HessianOperator(model, probe, loss=loss, wrt=wrt, strategy=plan.strategy))
-    n = int(op.n)
-    eig = _top(op, n, int(s["top_k"]), plan.seed("curvature"), top_eigenvalues, plan.quiet)
+    k = int(s["top_k"])
+    asked_examples = int(s["probe_examples"])
+    trace_mv, dens_probes, dens_steps = int(s["num_matvecs"]), int(s["density_probes"]), int(s["density_lanczos_steps"])
+
+    def operator(data):
+        return _one_column_at_a_time(HessianOperator(model, data, loss=loss, wrt=wrt, strategy=plan.strategy))
+
+    bs = plan.data.batch_size
+    first = plan.subset(min(bs, asked_examples))
+    op1 = operator(first)
+    n = int(op1.n)
+    v = tf.constant(np.random.default_rng(0).standard_normal((n, 1)), dtype=op1.dtype)
+    t0 = time.perf_counter()
+    op1.matmat(v)  # traces the product (the same compiled function serves every batch of the probe set)
+    plan.costs["hvp_trace"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    op1.matmat(v)
+    per_batch = plan.costs["hvp_batch"] = time.perf_counter() - t0
+    eig_cap = max(k + 20, 4 * (k + 10))          # Lanczos at tol 1e-3: usually k + 10 to 30 products
+    expected = (k + 20) + trace_mv + dens_probes * dens_steps
+    batches = -(-asked_examples // bs)
+    if asked_examples > bs:
+        batches = plan.fit(sec, "probe batches", batches, per_batch * expected, unit="batch (all products)")
+    examples = min(asked_examples, batches * bs)
+    per_product = per_batch * batches
+    plan.costs["hvp_product"] = per_product
+    room = plan.seconds_left()
+    if expected * per_product > room:  # even one batch is too dear: fewer density, then trace products
+        keep = max(8, int(room / per_product) - (k + 20))
+        if dens_probes * dens_steps > keep // 3:
+            new_p = 1 if keep // 3 < 2 * dens_steps else dens_probes
+            new_s = max(8, min(dens_steps, (keep // 3) // new_p))
+            if (new_p, new_s) != (dens_probes, dens_steps):
+                plan.reduce(sec, "density probes x Lanczos steps", f"{dens_probes} x {dens_steps}",
+                            f"{new_p} x {new_s}", f"{per_product:.3g} s per product")
+            dens_probes, dens_steps = new_p, new_s
+        new_t = max(8, min(trace_mv, keep - dens_probes * dens_steps))
+        if new_t < trace_mv:
+            plan.reduce(sec, "trace matvecs", trace_mv, new_t, f"{per_product:.3g} s per product")
+            trace_mv = new_t
+        eig_cap = max(k + 10, min(eig_cap, keep))
+    probe = plan.subset(examples)
+    op = op1 if probe.num_examples == first.num_examples else operator(probe)
+    eig = _top(op, n, k, plan.seed("curvature"), top_eigenvalues, plan.quiet, eig_cap)
     eigenvalues = eig["eigenvalues"]
-    tr = _trace(op, n, s["num_matvecs"], plan.seed("curvature", 1), hutchpp_trace, plan.quiet)
     out: dict[str, Any] = {
         "num_probe_examples": int(probe.num_examples), "num_parameters": n,
         "eigenvalues": eigenvalues, "eigen_residual_norms": eig["residual_norms"],
-        "eigen_converged": eig["converged"], "eigen_num_matvecs": eig["num_matvecs"],
-        "trace": tr, "trace_per_parameter": tr["value"] / n,
+        "eigen_converged": eig["converged"], "eigen_num_matvecs": eig["num_matvecs"], "eigen_tol": EIGEN_TOL,
     }
-    layers = []
-    for i, layer in enumerate(layer_names(op.space)):
-        if plan.out_of_time():
-            sec.notes.append("per-layer traces stopped early: the time budget was used up")
-            break
-        block = restrict(op, layer)
-        n_l = int(block.n)
-        t_l = _trace(block, n_l, s["num_matvecs"], plan.seed("curvature", 10 + i), hutchpp_trace, plan.quiet)
-        layers.append({"layer": layer, "num_parameters": n_l, "trace": t_l["value"],
-                       "std_error": t_l["std_error"], "exact": t_l["exact"],
-                       "trace_per_parameter": t_l["value"] / n_l})
+    if n <= trace_mv:  # exact: n unit-vector products give the whole trace and every layer's
+        dense = np.asarray(op.to_dense(), dtype=np.float64)
+        diag = np.diag(dense)
+        tr = {"value": float(diag.sum()), "std_error": 0.0, "num_matvecs": n, "exact": True,
+              "stopped": "exact", "rel_tol": TRACE_REL_TOL}
+        layers = []
+        for layer, idx in _layer_slices(op.space):
+            layers.append({"layer": layer, "num_parameters": int(idx.size), "trace": float(diag[idx].sum()),
+                           "std_error": 0.0, "exact": True, "trace_per_parameter": float(diag[idx].sum()) / idx.size})
+    else:
+        est = layerwise_trace(op, rel_tol=TRACE_REL_TOL, max_matvecs=trace_mv, min_matvecs=min(8, trace_mv),
+                              block_size=8, seed=plan.seed("curvature", 1), quiet=plan.quiet)
+        tr = {"value": _f(est.value), "std_error": _f(est.std_error), "num_matvecs": int(est.num_matvecs),
+              "exact": False, "stopped": est.stopped, "rel_tol": TRACE_REL_TOL}
+        if est.stopped != "tolerance":
+            sec.notes.append(f"the trace's standard error is {est.relative_error:.0%} of its value after "
+                             f"{est.num_matvecs} matvecs (asked {TRACE_REL_TOL:.0%}): the Hessian is indefinite "
+                             "or the budget too small for that accuracy")
+        layers = [{"layer": b.name, "num_parameters": b.num_parameters, "trace": _f(b.value),
+                   "std_error": _f(b.std_error), "exact": False, "trace_per_parameter": _f(b.value) / b.num_parameters}
+                  for b in est.blocks]
+    out["trace"] = tr
+    out["trace_per_parameter"] = tr["value"] / n
     out["per_layer"] = layers
-    dens = spectral_density(op, num_probes=s["density_probes"], num_lanczos=min(s["density_lanczos_steps"], n),
+    dens = spectral_density(op, num_probes=dens_probes, num_lanczos=min(dens_steps, n),
                             seed=plan.seed("curvature", 2), grid=256, quiet=plan.quiet)
     grid = np.asarray(dens.grid, dtype=np.float64)
     values = np.asarray(dens.values, dtype=np.float64)
-    out["density"] = {"num_probes": int(s["density_probes"]), "grid": grid.tolist(), "values": values.tolist(),
-                      "num_matvecs": int(getattr(dens, "num_matvecs", 0) or 0)}
+    out["density"] = {"num_probes": int(dens_probes), "lanczos_steps": int(min(dens_steps, n)), "grid": grid.tolist(),
+                      "values": values.tolist(), "num_matvecs": int(getattr(dens, "num_matvecs", 0) or 0)}
     sec.results = out
     results["summary"]["top_eigenvalue"] = eigenvalues[0] if eigenvalues else None
     results["summary"]["trace"] = tr["value"]
@@ -157,6 +256,33 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
         sec.plots.append({"file": "spectrum.png",
                           "caption": "Hessian spectral density by stochastic Lanczos quadrature (smoothed), "
                                      "with the top eigenvalues from Lanczos marked."})
+        _layer_chart(sec, directory, "curvature_layers.png", layers, "trace", "std_error",
+                     "Hessian trace per layer (± 2 standard errors)", "trace of the layer's Hessian block",
+                     "Curvature per layer: the trace of each layer's diagonal Hessian block, all from the same "
+                     "probes as the whole-model trace.")
+
+
+def _layer_slices(space) -> list[tuple[str, np.ndarray]]:
+    out: dict[str, list[int]] = {}
+    for name, start, stop in zip(space.names, space.offsets[:-1], space.offsets[1:]):
+        out.setdefault(name.rsplit("/", 1)[0] if "/" in name else name, []).extend(range(start, stop))
+    return [(k, np.asarray(v, np.int64)) for k, v in out.items()]
+
+
+def _layer_chart(sec, directory, file, rows, key, err_key, title, xlabel, caption, log=False) -> None:
+    """A per-layer bar chart (at most 40 bars, the rest in the table below it)."""
+    from .plots_layers import MAX_BARS, plot_layer_bars
+
+    if not rows:
+        return
+    names = [r["layer"] for r in rows]
+    values = [r[key] for r in rows]
+    errors = [r.get(err_key) for r in rows] if err_key else None
+    shown = plot_layer_bars(names, values, directory / file, errors=errors, title=title, xlabel=xlabel, log=log)
+    if shown < len(rows):
+        caption += (f" The {shown} largest of {len(rows)} layers are drawn (at most {MAX_BARS} bars); every "
+                    "layer is in the table below (click a column to sort).")
+    sec.plots.append({"file": file, "caption": caption})
 
 
 def _one_column_at_a_time(op):
@@ -182,28 +308,19 @@ def _one_column_at_a_time(op):
     return OneColumn(op)
 
 
-def _top(op, n: int, k: int, seed: int, top_eigenvalues, quiet: bool) -> dict[str, Any]:
+def _top(op, n: int, k: int, seed: int, top_eigenvalues, quiet: bool, max_matvecs: int | None = None
+         ) -> dict[str, Any]:
     """Top-k eigenvalues by Lanczos (descending), or all of a tiny operator's from its dense matrix."""
     if k >= n:
         dense = np.asarray(op.to_dense(), dtype=np.float64)
         vals = np.sort(np.linalg.eigvalsh((dense + dense.T) / 2))[::-1]
         return {"eigenvalues": vals.tolist(), "residual_norms": [0.0] * n, "converged": True, "num_matvecs": n}
-    eig = top_eigenvalues(op, k=k, seed=seed, quiet=quiet)
+    eig = top_eigenvalues(op, k=k, tol=EIGEN_TOL, max_matvecs=max_matvecs, seed=seed, quiet=quiet)
     vals = np.asarray(eig.eigenvalues, dtype=np.float64)
     order = np.argsort(-vals, kind="stable")
     return {"eigenvalues": vals[order].tolist(),
             "residual_norms": np.asarray(eig.residual_norms, dtype=np.float64)[order].tolist(),
             "converged": bool(eig.converged), "num_matvecs": int(eig.num_matvecs)}
-
-
-def _trace(op, n: int, num_matvecs: int, seed: int, hutchpp_trace, quiet: bool) -> dict[str, Any]:
-    """Exact trace from ``n`` unit-vector products when that is no dearer than Hutch++, else Hutch++."""
-    if n <= num_matvecs:
-        dense = np.asarray(op.to_dense(), dtype=np.float64)
-        return {"value": float(np.trace(dense)), "std_error": 0.0, "num_matvecs": n, "exact": True}
-    est = hutchpp_trace(op, num_matvecs=num_matvecs, seed=seed, quiet=quiet)
-    return {"value": _f(est.value), "std_error": _f(est.std_error), "num_matvecs": int(est.num_matvecs),
-            "exact": False}
 
 
 # ------------------------------------------------------------------------------------------ attributions
@@ -220,17 +337,23 @@ def attributions(plan, sec: Section, directory: Path | None, results: dict) -> N
                                              "gradient to attribute")
         return
     count = ATTRIBUTED_ROWS if plan.kind == "tabular" else ATTRIBUTED_IMAGES
+    steps = int(plan.settings["integrated_gradients_steps"])
+    per_example, trace = _gradient_costs(plan)
+    # IG: steps input gradients per example; saliency one; two traces (input gradients of a path and of a batch)
+    steps = plan.fit(sec, "integrated-gradients steps", steps, per_example * count, fixed=2 * trace, minimum=8,
+                     unit="step")
+    count = plan.fit(sec, "attributed examples", count, per_example * (steps + 1), fixed=2 * trace,
+                     minimum=1, unit="example")
     x, _ = plan.data.first(count)
     model = plan.objective.model
     sal_m = Saliency(model)
-    ig_m = IntegratedGradients(model, steps=plan.settings["integrated_gradients_steps"])
+    ig_m = IntegratedGradients(model, steps=steps)
     targets = sal_m.targets(x)
     sal = np.asarray(sal_m.attribute(x), dtype=np.float64)
     ig, delta = ig_m.attribute(x, return_delta=True)
     ig = np.asarray(ig, dtype=np.float64)
     delta = np.abs(np.asarray(delta, dtype=np.float64))
-    out: dict[str, Any] = {"num_attributed": int(len(x)), "integrated_gradients_steps":
-                           int(plan.settings["integrated_gradients_steps"]),
+    out: dict[str, Any] = {"num_attributed": int(len(x)), "integrated_gradients_steps": int(steps),
                            "max_completeness_delta": _f(delta.max()),
                            "mean_abs_saliency": _f(np.mean(np.abs(sal))),
                            "mean_abs_integrated_gradients": _f(np.mean(np.abs(ig)))}
@@ -288,11 +411,26 @@ def check(plan, sec: Section, directory: Path | None, results: dict) -> None:
     """
     from ..verification.checks import check as fd_check
 
-    data = plan.subset(plan.settings["check_examples"])
-    report = fd_check(plan.objective.model, data, loss=plan.loss, wrt=plan.settings["wrt"],
-                      what=plan.settings["check_what"], seed=plan.seed("check"),
-                      directions=plan.settings["check_directions"],
-                      jacobian_examples=8)
+    s = plan.settings
+    per_example, trace = _gradient_costs(plan)
+    what = list(s["check_what"])
+    # float64 copies are traced afresh: gradient ~1, HVP ~4, input Jacobian ~1 gradient traces; each direction
+    # costs a few float64 passes (about 3x a float32 one) over the examples
+    trace_cost = {"gradients": 1.0, "hvp": 4.0, "jacobian": 1.0}
+    for dropped in ("hvp", "jacobian"):
+        if dropped in what and len(what) > 1 and sum(trace_cost[w] for w in what) * trace > plan.seconds_left():
+            plan.reduce(sec, "checks", ", ".join(what), ", ".join(w for w in what if w != dropped),
+                        f"{trace:.3g} s to trace a gradient")
+            what = [w for w in what if w != dropped]
+    fixed = sum(trace_cost[w] for w in what) * trace
+    per_direction = 3.0 * 8 * len(what) * per_example
+    examples = plan.fit(sec, "check examples", int(s["check_examples"]), per_direction * s["check_directions"],
+                        fixed=fixed, minimum=min(4, int(s["check_examples"])), unit="example")
+    directions = plan.fit(sec, "check directions", int(s["check_directions"]), per_direction * examples,
+                          fixed=fixed, minimum=1, unit="direction")
+    data = plan.subset(examples)
+    report = fd_check(plan.objective.model, data, loss=plan.loss, wrt=s["wrt"], what=what,
+                      seed=plan.seed("check"), directions=directions, jacobian_examples=min(8, examples))
     rows = []
     for r in report.results:
         rows.append({"check": str(r.name), "passed": bool(r.passed), "max_abs_error": _f(r.max_abs_error),
@@ -308,5 +446,21 @@ def check(plan, sec: Section, directory: Path | None, results: dict) -> None:
     results["summary"]["check_passed"] = bool(report.passed)
 
 
+def uncertainty(plan, sec: Section, directory: Path | None, results: dict) -> None:
+    """MAP vs Laplace calibration on held-out data (see :mod:`tfpartials.bayes`)."""
+    sec.status, sec.reason = "skipped", "no held-out data given (--eval)"
+
+
+def influence(plan, sec: Section, directory: Path | None, results: dict) -> None:
+    """Most helpful and harmful training examples for a few test examples, and self-influence."""
+    sec.status, sec.reason = "skipped", "not available yet"
+
+
+def sensitivity(plan, sec: Section, directory: Path | None, results: dict) -> None:
+    """Ranked derivative-based global sensitivity measures (DGSM) of a tabular model's inputs."""
+    sec.status, sec.reason = "skipped", "not available yet"
+
+
 RUNNERS = {"gradients": gradients, "per_example": per_example, "curvature": curvature,
-           "attributions": attributions, "check": check}
+           "attributions": attributions, "uncertainty": uncertainty, "influence": influence,
+           "sensitivity": sensitivity, "check": check}
