@@ -1,12 +1,14 @@
 """Attribution: which input elements a network's output depends on, with one verb, ``attribute``.
 
 ``Saliency`` (input gradient), ``GradientXInput``, ``IntegratedGradients`` (with a completeness delta) and
-``SmoothGrad`` (wraps any other method). Plots live in :mod:`tfpartials.reports.plots`.
+``SmoothGrad`` (wraps any other method). Every method takes ``layer=`` to attribute at a layer's output
+(per-token scores at an embedding). Plots live in :mod:`tfpartials.reports.plots`.
 """
 
-from .base import METHODS, AttributionMethod, Target, attribute, make_method
+from .base import AttributionMethod, Target
 from .gradient_x_input import GradientXInput
 from .integrated_gradients import IntegratedGradients, path_nodes
+from .registry import METHODS, attribute, make_method
 from .saliency import Saliency
 from .smoothgrad import SmoothGrad
 

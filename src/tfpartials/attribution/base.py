@@ -1,4 +1,4 @@
-"""The attribution verb and what every method shares: input checks, target resolution, compiled gradients.
+"""What every attribution method shares: input checks, target resolution, the attributed function, chunking.
 
 An attribution method explains one scalar per example, ``f_i(x) = target(model(x_i, training=False))``, by a
 map with the shape of ``x_i``. ``target`` chooses the scalar:
@@ -10,14 +10,19 @@ map with the shape of ``x_i``. ``target`` chooses the scalar:
 - an output name (multi-output models), optionally with an index: ``"score"`` or ``("score", 2)``;
 - a callable of the model output (a tensor, or the model's list/dict of outputs) returning shape ``(B,)``.
 
-Every method is a subclass of :class:`AttributionMethod` with one public verb, ``attribute(x, target=None)``,
-returning a numpy array with the shape of ``x``. Gradients are evaluated in compiled ``tf.function`` s traced
-once per input shape (the batch dimension is left free), in example chunks planned by
+Every method is a subclass of :class:`AttributionMethod` with one public verb, ``attribute(x, target=None)``.
+The differentiated function is the model as a function of its input, :class:`tfpartials.inputs._model_fn.
+InputFunction` (which selects the output and refuses integer inputs); with ``layer="name"`` it is the part of
+the model after that layer, as a function of the layer's output (:mod:`.layer`), and attributions are taken
+with respect to the layer's activations, then summed over the feature (last) axis: one score per token for an
+embedding. Gradients are evaluated by compiled functions kept in the one cache (:mod:`tfpartials._cache`) and
+traced once per input shape (the batch dimension is left free), in example chunks planned by
 :func:`~tfpartials._memory.plan_chunks`. The model always runs with ``training=False`` and is never modified.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,18 +30,18 @@ from typing import Any
 
 import numpy as np
 
+from .. import _cache
 from .._backend import keras, tf
 from .._checks import InputError, check_positive_int
 from .._memory import plan_chunks, resolve_budget
 from .._tracing import traced
+from ..inputs._model_fn import InputFunction, Prepared, get_function
 from ..io.signature import Signature, signature
+from .layer import LayerSplit, split_at
 
-__all__ = ["AttributionMethod", "Target", "TargetSpec", "attribute", "make_method", "METHODS"]
+__all__ = ["AttributionMethod", "Target", "TargetSpec", "Job"]
 
 TargetSpec = int | str | Sequence[int] | np.ndarray | tuple[str, Any] | Callable[[Any], Any] | None
-
-#: method names accepted by :func:`attribute` and the command line
-METHODS = ("saliency", "gradient-x-input", "integrated-gradients", "smoothgrad")
 
 _MAX_CHUNK = 4096  # examples (or interpolation points) per compiled call: larger batches gain nothing on CPU
 
@@ -59,19 +64,36 @@ class Target:
         """The same target for a subset of examples."""
         return Target(self.output, None if self.index is None else self.index[rows], self.fn)
 
+    def tile(self, copies: int) -> Target:
+        """The same target for ``copies`` stacked copies of the batch."""
+        return Target(self.output, None if self.index is None else np.tile(self.index, copies), self.fn)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One call prepared: the attributed array ``z`` (the inputs, or the layer's activations), the resolved
+    target, and the method's per-call state (integrated gradients: the baseline in the same space)."""
+
+    z: np.ndarray
+    target: Target
+    state: Any
+
 
 class AttributionMethod(ABC):
-    """Base class: one verb, ``attribute(x, target=None) -> array with the shape of x``.
+    """Base class: one verb, ``attribute(x, target=None)`` -> array with the shape of ``x`` (of the layer's
+    output without its feature axis with ``layer=``).
 
     Args:
-        model: a built single-input Keras model with a floating-point input (not modified).
+        model: a built single-input Keras model (not modified).
+        layer: name of a layer to attribute at (its output's activations instead of the inputs); needed for
+            integer inputs such as token ids (``layer="embedding"``).
         max_memory: working-memory budget for the chunk planner (``"512MiB"``, bytes, or None for half of
             the available memory).
     """
 
     name = "attribution"
 
-    def __init__(self, model, *, max_memory: str | int | None = None):
+    def __init__(self, model, *, layer: str | None = None, max_memory: str | int | None = None):
         if not isinstance(model, keras.Model):
             raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
         self.model = model
@@ -79,37 +101,64 @@ class AttributionMethod(ABC):
         if not self.signature.single_input:
             raise InputError(f"attribution supports models with one input; this model takes "
                              f"{len(self.signature.input_names)} ({', '.join(self.signature.input_names)})")
-        in_dtype = _model_input_dtype(model)
-        if in_dtype is not None and not tf.as_dtype(in_dtype).is_floating:
-            raise InputError(f"the model input has dtype {in_dtype}: integer inputs (such as token ids) have no "
-                             "gradient; attribute a model that starts at the embedding output instead")
-        self.dtype = tf.as_dtype(in_dtype if in_dtype is not None else model.compute_dtype)
+        self.layer = layer
+        self.split: LayerSplit | None = None if layer is None else split_at(model, layer)
+        space = model if self.split is None else self.split.tail
+        try:
+            self.function: InputFunction = get_function(space, output=0)
+        except InputError as exc:
+            hint = _embedding_name(model)
+            if hint is None:
+                raise
+            raise InputError(f"{exc}; to attribute token ids, attribute at the embedding: layer={hint!r}") from None
+        self.dtype = self.function.dtype
         self.budget = resolve_budget(max_memory)
-        self.trace_counts: dict[str, int] = {}
-        self._functions: dict[Any, Any] = {}
-        self._pending: Exception | None = None
+        self.trace_counts: dict[str, int] = _cache.cached(space, ("attribution", "trace_counts"), dict)
+
+    @property
+    def space_shape(self) -> tuple[int | None, ...]:
+        """Per-example shape of what is attributed: the input, or the layer's output with ``layer=``."""
+        return self.split.shape if self.split is not None else tuple(self.signature.input_shapes[0])
 
     # -- the verb ---------------------------------------------------------------------------------------------
     def attribute(self, x, target: TargetSpec = None) -> np.ndarray:
         """Attributions of ``target`` to every input element, with the shape of ``x``.
 
         Args:
-            x: a batch of inputs ``(B, ...)`` (numpy array or tensor) of floating dtype.
+            x: a batch of inputs ``(B, ...)`` (numpy array or tensor), floating (integer ids with ``layer=``).
             target: which scalar per example to explain (see the module docstring); default the predicted
                 class for classifiers, the single output for regressors.
         """
-        xs = self.check_inputs(x)
-        tgt = self.resolve_target(xs, target)
-        return self._attribute(xs, tgt, self._prepare(xs))
+        job = self.begin(x, target)
+        return self.finish(self._attribute(job.z, job.target, job.state))
 
     def targets(self, x, target: TargetSpec = None) -> np.ndarray | None:
         """The flat output index explained for each example (``(B,)`` ints), or None for a callable target."""
+        return self.begin(x, target, state=False).target.index
+
+    def begin(self, x, target: TargetSpec = None, state: bool = True) -> Job:
+        """Validate ``x``, map it to the attributed space, resolve the target and prepare the method's state."""
         xs = self.check_inputs(x)
-        return self.resolve_target(xs, target).index
+        z = self.embed(xs)
+        return Job(z, self.resolve_target(z, target), self._prepare(xs, z) if state else None)
+
+    def embed(self, xs: np.ndarray) -> np.ndarray:
+        """The attributed array for validated inputs: the inputs, or the layer's activations."""
+        if self.split is None:
+            return xs
+        z = self.split.activations(xs, self._example_chunks(len(xs), 1)[0][1])
+        return np.ascontiguousarray(z, dtype=self.dtype.as_numpy_dtype)
+
+    def finish(self, attributions: np.ndarray) -> np.ndarray:
+        """Attributions in the attributed space -> what ``attribute`` returns: at a layer whose per-example
+        output has positions and features (``(T, D)``, ``(H, W, C)``), the sum over the feature axis."""
+        if self.split is None or len(self.space_shape) < 2:
+            return attributions
+        return attributions.sum(axis=-1, dtype=np.float64).astype(attributions.dtype)
 
     # -- what subclasses implement ----------------------------------------------------------------------------
-    def _prepare(self, x: np.ndarray) -> Any:
-        """Per-call state computed from the clean inputs (IG: the baseline); SmoothGrad reuses it on noisy x."""
+    def _prepare(self, xs: np.ndarray, z: np.ndarray) -> Any:
+        """Per-call state from the clean inputs (IG: the baseline); SmoothGrad reuses it on noisy ``z``."""
         return None
 
     def _tile_state(self, state: Any, copies: int) -> Any:
@@ -117,20 +166,20 @@ class AttributionMethod(ABC):
         return state
 
     @abstractmethod
-    def _attribute(self, x: np.ndarray, target: Target, state: Any) -> np.ndarray:
-        """Attributions for validated inputs and a resolved target."""
+    def _attribute(self, z: np.ndarray, target: Target, state: Any) -> np.ndarray:
+        """Attributions in the attributed space for a validated array ``z`` and a resolved target."""
 
     # -- inputs -----------------------------------------------------------------------------------------------
     def check_inputs(self, x) -> np.ndarray:
-        """``x`` as a numpy array of the model's dtype, checked against the model's input shape."""
+        """``x`` as a numpy array of the model's input dtype, checked against the model's input shape."""
         if isinstance(x, dict):
             raise InputError("attribution expects one input array (B, ...), got a dict of inputs")
         a = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
         if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise InputError(f"inputs: expected numeric data, got dtype {a.dtype}")
-        if not np.issubdtype(a.dtype, np.floating):
+        if self.split is None and not np.issubdtype(a.dtype, np.floating):
             raise InputError(f"inputs: expected floating-point inputs, got dtype {a.dtype}; integer inputs have "
-                             "no gradient (cast pixel values to float, or attribute from an embedding output)")
+                             "no gradient (cast pixel values to float, or attribute at a layer with layer=)")
         want = self.signature.input_shapes[0]
         got = tuple(a.shape[1:])
         if a.ndim == 0 or len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
@@ -140,13 +189,18 @@ class AttributionMethod(ABC):
             raise InputError("inputs: the batch is empty (0 examples)")
         if not np.all(np.isfinite(a)):
             raise InputError("inputs: NaN or Inf values; attributions of non-finite inputs are undefined")
-        return np.ascontiguousarray(a, dtype=self.dtype.as_numpy_dtype)
+        return _as_input(a, self.input_dtype, "inputs")
+
+    @property
+    def input_dtype(self) -> tf.DType:
+        """The dtype of the model's input (integer for token models attributed at a layer)."""
+        return tf.as_dtype(self.split.head.inputs[0].dtype) if self.split is not None else self.dtype
 
     # -- targets ----------------------------------------------------------------------------------------------
-    def resolve_target(self, x: np.ndarray, target: TargetSpec) -> Target:
-        """Turn a user target into a :class:`Target` for the batch ``x`` (predictions computed if needed)."""
+    def resolve_target(self, z: np.ndarray, target: TargetSpec) -> Target:
+        """Turn a user target into a :class:`Target` for the attributed batch ``z`` (predictions if needed)."""
         sig = self.signature
-        n = len(x)
+        n = len(z)
         if callable(target) and not isinstance(target, str | np.ndarray):
             return Target(0, None, target)
         output_name, index = None, target
@@ -168,8 +222,7 @@ class AttributionMethod(ABC):
         if index is None:
             if size == 1:
                 return Target(out, np.zeros(n, np.int32))
-            flat = self._forward_flat(x, out)
-            return Target(out, np.argmax(flat, axis=1).astype(np.int32))
+            return Target(out, np.argmax(self._forward_flat(z, out), axis=1).astype(np.int32))
         idx = _as_index_array(index, n)
         bad = (idx < 0) | (idx >= size)
         if np.any(bad):
@@ -185,110 +238,50 @@ class AttributionMethod(ABC):
                              f"{shape}; pass explicit indices or a callable target")
         return int(np.prod(shape, dtype=np.int64)) if shape else 1
 
-    # -- compiled pieces --------------------------------------------------------------------------------------
-    def _select(self, outputs, target_fn, out: int, index):
-        """The explained scalar per example, ``(B,)``, from the model outputs (runs inside tf.function)."""
-        if target_fn is not None:
-            value = target_fn(outputs)
-            if not tf.is_tensor(value):
-                value = tf.convert_to_tensor(value)
-            if value.shape.rank == 2 and value.shape[1] == 1:
-                value = value[:, 0]
-            if value.shape.rank != 1:
-                raise self._remember(InputError(f"target: the callable must return one value per example, "
-                                                f"shape (B,), got shape {tuple(value.shape)}"))
-            return tf.cast(value, self.dtype)
-        o = _pick_output(outputs, out, self.signature.output_names)
-        flat = tf.reshape(o, [tf.shape(o)[0], -1])
-        return tf.cast(tf.gather(flat, index, axis=1, batch_dims=1), self.dtype)
+    # -- the attributed function, compiled ----------------------------------------------------------------------
+    def _output_function(self, out: int) -> InputFunction:
+        """The attributed model as a function of ``z`` with output ``out`` selected (cached with the model)."""
+        return self.function if out == self.function.output_index else get_function(self.function.model,
+                                                                                        output=out)
 
-    def _remember(self, exc: Exception) -> Exception:
-        self._pending = exc
-        return exc
+    def compiled(self, kind: str, target: Target, in_shape: tuple[int, ...], build: Callable,
+                 extra: Sequence[tf.TensorSpec] = ()):
+        """A compiled ``(z_rows, *extra, index) -> ...`` kept in the one cache with the attributed model.
 
-    def _compiled(self, key: tuple, builder: Callable[[], Callable], signature_: Sequence[Any]):
-        """A ``tf.function`` for ``key`` with a fixed input signature (batch dimensions free): one trace."""
-        fn = self._functions.get(key)
-        if fn is None:
-            py = builder()
-            name = key[0]
+        ``build(select)`` returns the Python function; ``select(z_rows, index)`` is the explained scalar per
+        row, ``(N,)``, of flat rows ``(N, prod(in_shape))``. Traced once per ``in_shape`` (batch free).
+        """
+        fn = self._output_function(target.output)
+        counts = self.trace_counts
+        select = _selector(fn, target.fn, in_shape)
+
+        def make():
+            py = build(select)
 
             def counted(*args):
-                self.trace_counts[name] = self.trace_counts.get(name, 0) + 1
+                counts[kind] = counts.get(kind, 0) + 1
                 return py(*args)
 
-            compiled = traced(counted, input_signature=list(signature_), autograph=False)
+            rows = tf.TensorSpec((None, math.prod(in_shape)), fn.dtype)
+            return traced(counted, input_signature=[rows, *extra, tf.TensorSpec((None,), tf.int32)],
+                          autograph=False)
 
-            def fn(*args, _compiled=compiled):
-                self._pending = None
-                try:
-                    return _compiled(*args)
-                except Exception:
-                    pending, self._pending = self._pending, None
-                    if pending is not None:
-                        raise pending from None
-                    raise
+        return _cache.cached(fn, ("attribution", kind, in_shape, _cache.key_of(target.fn)), make)
 
-            self._functions[key] = fn
-        return fn
-
-    def _x_spec(self) -> tf.TensorSpec:
-        return tf.TensorSpec((None, *self.signature.input_shapes[0]), self.dtype)
-
-    def _gradient_fn(self, target: Target):
-        """Compiled ``(x, index) -> (d f_i / d x_i, f_i)`` for a batch."""
-        key = ("gradient", target.output, target.fn)
-
-        def build():
-            def grad(x, index):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    f = self._select(self.model(x, training=False), target.fn, target.output, index)
-                    total = tf.reduce_sum(f)
-                return tape.gradient(total, x), f
-            return grad
-
-        return self._compiled(key, build, [self._x_spec(), tf.TensorSpec((None,), tf.int32)])
-
-    def _value_fn(self, target: Target):
-        """Compiled ``(x, index) -> f_i`` for a batch (no gradient)."""
-        key = ("value", target.output, target.fn)
-
-        def build():
-            def value(x, index):
-                return self._select(self.model(x, training=False), target.fn, target.output, index)
-            return value
-
-        return self._compiled(key, build, [self._x_spec(), tf.TensorSpec((None,), tf.int32)])
-
-    def _forward_flat(self, x: np.ndarray, out: int) -> np.ndarray:
-        key = ("forward", out)
-
-        def build():
-            def forward(xb):
-                o = _pick_output(self.model(xb, training=False), out, self.signature.output_names)
-                return tf.reshape(o, [tf.shape(o)[0], -1])
-            return forward
-
-        fn = self._compiled(key, build, [self._x_spec()])
-        return np.concatenate([fn(x[a:b]).numpy() for a, b in self._example_chunks(len(x), 1)])
+    def _forward_flat(self, z: np.ndarray, out: int) -> np.ndarray:
+        fn = self._output_function(out)
+        prep = Prepared(z.reshape(len(z), -1), (), tuple(z.shape[1:]), (self._output_size(out),))
+        return fn.outputs(prep, batch_size=self._example_chunks(len(z), 1)[0][1])
 
     # -- chunked evaluation -----------------------------------------------------------------------------------
+    def space_size(self) -> int:
+        """Elements per example of the attributed array (unknown dimensions counted as 1)."""
+        return int(math.prod(d for d in self.space_shape if d is not None))
+
     def example_bytes(self) -> int:
         """Estimated working memory of one example through forward and backward passes, in bytes."""
-        itemsize = self.dtype.size
-        in_size = int(np.prod(self.signature.input_shapes[0], dtype=np.int64))
-        acts = 0
-        for layer in self.model.layers:
-            try:
-                shapes = [t.shape for t in tf.nest.flatten(layer.output)]
-            except (AttributeError, ValueError):
-                continue
-            for s in shapes:
-                dims = [d for d in tuple(s)[1:] if d is not None]
-                acts += int(np.prod(dims, dtype=np.int64)) if dims else 1
-        acts = max(acts, 16 * in_size)
-        return int(4 * acts * itemsize + 4 * in_size * itemsize)
+        inputs = self.space_size() * self.dtype.size
+        return int(4 * max(self.function.activation_bytes(), 16 * inputs) + 4 * inputs)
 
     def _example_chunks(self, total: int, per_item_factor: int, internal_batch_size: int | None = None):
         if internal_batch_size is not None:
@@ -298,47 +291,79 @@ class AttributionMethod(ABC):
                            what=f"{self.name} ({total} examples)", max_chunk=_MAX_CHUNK)
         return list(plan.ranges())
 
-    def gradients(self, x: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
-        """``(∂f_i/∂x_i, f_i)`` for validated inputs, evaluated in planned chunks."""
-        fn = self._gradient_fn(target)
+    def gradients(self, z: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
+        """``(∂f_i/∂z_i, f_i)`` for a validated attributed array ``z``, evaluated in planned chunks."""
+        in_shape = tuple(z.shape[1:])
+
+        def build(select):
+            def grad(rows, index):
+                with tf.GradientTape() as tape:
+                    tape.watch(rows)
+                    f = select(rows, index)
+                    total = tf.reduce_sum(f)
+                return tape.gradient(total, rows), f
+            return grad
+
+        fn = self.compiled("gradient", target, in_shape, build)
+        flat = z.reshape(len(z), -1)
         grads, values = [], []
-        for a, b in self._example_chunks(len(x), 1):
-            t = target.take(np.arange(a, b))
-            g, f = fn(tf.constant(x[a:b]), tf.constant(_index_or_dummy(t, b - a)))
+        for a, b in self._example_chunks(len(z), 1):
+            g, f = fn(tf.constant(flat[a:b]), tf.constant(_index_or_dummy(target.take(np.arange(a, b)), b - a)))
             grads.append(g.numpy())
             values.append(f.numpy())
-        return np.concatenate(grads), np.concatenate(values)
+        return np.concatenate(grads).reshape(z.shape), np.concatenate(values)
 
-    def values(self, x: np.ndarray, target: Target) -> np.ndarray:
-        """``f_i(x_i)`` for validated inputs (chunked)."""
-        fn = self._value_fn(target)
+    def values(self, z: np.ndarray, target: Target) -> np.ndarray:
+        """``f_i(z_i)`` for a validated attributed array (chunked)."""
+        fn = self.compiled("value", target, tuple(z.shape[1:]), lambda select: select)
+        flat = z.reshape(len(z), -1)
         out = []
-        for a, b in self._example_chunks(len(x), 1):
+        for a, b in self._example_chunks(len(z), 1):
             t = target.take(np.arange(a, b))
-            out.append(fn(tf.constant(x[a:b]), tf.constant(_index_or_dummy(t, b - a))).numpy())
+            out.append(fn(tf.constant(flat[a:b]), tf.constant(_index_or_dummy(t, b - a))).numpy())
         return np.concatenate(out)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.model.name})"
+        at = "" if self.layer is None else f", layer={self.layer!r}"
+        return f"{type(self).__name__}({self.model.name}{at})"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _model_input_dtype(model):
-    inputs = getattr(model, "inputs", None)
-    if inputs:
-        try:
-            return keras.backend.standardize_dtype(inputs[0].dtype)
-        except (AttributeError, ValueError, TypeError):
-            return None
+def _selector(fn: InputFunction, target_fn, in_shape: tuple[int, ...]):
+    """``(rows, index) -> (N,)``: the explained scalar per row (runs inside the traced function)."""
+    if target_fn is None:
+        def select(rows, index):
+            return tf.gather(fn.rows(rows, (), in_shape), index, axis=1, batch_dims=1)
+        return select
+
+    def select_callable(rows, index):
+        value = target_fn(fn.model(tf.reshape(rows, [-1, *in_shape]), training=False))
+        if not tf.is_tensor(value):
+            value = tf.convert_to_tensor(value)
+        if value.shape.rank == 2 and value.shape[1] == 1:
+            value = value[:, 0]
+        if value.shape.rank != 1:
+            raise InputError(f"target: the callable must return one value per example, shape (B,), got shape "
+                             f"{tuple(value.shape)}")
+        return tf.cast(value, fn.dtype)
+    return select_callable
+
+
+def _as_input(a: np.ndarray, dtype: tf.DType, what: str) -> np.ndarray:
+    """``a`` in the model's input dtype; integer inputs (token ids) must hold whole numbers."""
+    if not dtype.is_floating and np.issubdtype(a.dtype, np.floating) and np.any(a != np.round(a)):
+        raise InputError(f"{what}: expected whole numbers for the {dtype.name} model input (token ids), got "
+                         "fractional values")
+    out = np.asarray(a, dtype=dtype.as_numpy_dtype)
+    return np.ascontiguousarray(out) if out.ndim else out  # ascontiguousarray would make a scalar 1-d
+
+
+def _embedding_name(model) -> str | None:
+    """The name of the model's first Embedding layer, for the hint on integer inputs."""
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.Embedding):
+            return layer.name
     return None
-
-
-def _pick_output(outputs, out: int, names: Sequence[str]):
-    if isinstance(outputs, dict):
-        return outputs[names[out]]
-    if isinstance(outputs, list | tuple):
-        return outputs[out]
-    return outputs
 
 
 def _as_index_array(index, n: int) -> np.ndarray:
@@ -362,47 +387,3 @@ def _as_index_array(index, n: int) -> np.ndarray:
 
 def _index_or_dummy(target: Target, n: int) -> np.ndarray:
     return target.index if target.index is not None else np.zeros(n, np.int32)
-
-
-# ------------------------------------------------------------------------------------------------ the verb
-def make_method(method: str, model, **options) -> AttributionMethod:
-    """Build an attribution method by name (``"saliency"``, ``"gradient-x-input"``,
-    ``"integrated-gradients"``, ``"smoothgrad"``); SmoothGrad takes ``inner=`` a method name (default saliency)
-    and passes options it does not know to the inner method."""
-    from .gradient_x_input import GradientXInput
-    from .integrated_gradients import IntegratedGradients
-    from .saliency import Saliency
-    from .smoothgrad import SmoothGrad
-
-    key = str(method).lower().replace("_", "-")
-    aliases = {"ig": "integrated-gradients", "gxi": "gradient-x-input", "gradient-times-input": "gradient-x-input",
-               "input-x-gradient": "gradient-x-input"}
-    key = aliases.get(key, key)
-    if key not in METHODS:
-        raise InputError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    if key == "smoothgrad":
-        sg_keys = ("num_samples", "noise_std", "seed")
-        sg = {k: options.pop(k) for k in sg_keys if k in options}
-        inner = options.pop("inner", "saliency")
-        if str(inner).lower().replace("_", "-") == "smoothgrad":
-            raise InputError("smoothgrad: the inner method cannot itself be smoothgrad")
-        return SmoothGrad(make_method(inner, model, **options), **sg)
-    cls = {"saliency": Saliency, "gradient-x-input": GradientXInput,
-           "integrated-gradients": IntegratedGradients}[key]
-    return cls(model, **options)
-
-
-def attribute(model, x, method: str = "integrated-gradients", target: TargetSpec = None, **options) -> np.ndarray:
-    """Attributions of ``model`` at ``x`` by a method named like the command line's ``--method``.
-
-    ``attribute(model, x, "integrated-gradients", target=3, steps=64)`` equals
-    ``IntegratedGradients(model, steps=64).attribute(x, target=3)``.
-
-    Args:
-        model: a single-input Keras model.
-        x: a batch of inputs ``(B, ...)``.
-        method: one of :data:`METHODS`.
-        target: see :class:`AttributionMethod`.
-        **options: constructor options of the method (``steps``, ``baseline``, ``num_samples``, ...).
-    """
-    return make_method(method, model, **options).attribute(x, target)

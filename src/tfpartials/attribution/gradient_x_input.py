@@ -25,6 +25,7 @@ class GradientXInput(AttributionMethod):
 
     Args:
         model: a single-input Keras model with floating inputs (not modified; run with ``training=False``).
+        layer: attribute at this layer's output ``h`` (``h ⊙ ∂f/∂h`` summed over the feature axis).
         max_memory: working-memory budget for chunking (default half the available memory).
 
     Example:
@@ -38,6 +39,9 @@ class GradientXInput(AttributionMethod):
 
     name = "gradient-x-input"
 
-    def _attribute(self, x: np.ndarray, target: Target, state: Any) -> np.ndarray:
-        grads, _ = self.gradients(x, target)
-        return x * grads
+    def __init__(self, model, *, layer: str | None = None, max_memory: str | int | None = None):
+        super().__init__(model, layer=layer, max_memory=max_memory)
+
+    def _attribute(self, z: np.ndarray, target: Target, state: Any) -> np.ndarray:
+        grads, _ = self.gradients(z, target)
+        return z * grads

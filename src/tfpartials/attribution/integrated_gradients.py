@@ -10,6 +10,7 @@ ICML 2017 (arXiv:1703.01365).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +19,7 @@ from .._backend import tf
 from .._checks import InputError, check_choice, check_positive_int
 from .._memory import plan_chunks
 from .._progress import progress
-from .base import _MAX_CHUNK, AttributionMethod, Target, TargetSpec, _index_or_dummy
+from .base import _MAX_CHUNK, AttributionMethod, Target, TargetSpec, _as_input, _index_or_dummy
 
 __all__ = ["IntegratedGradients", "path_nodes", "Rule"]
 
@@ -62,6 +63,10 @@ class IntegratedGradients(AttributionMethod):
         rule: ``"riemann_trapezoid"`` (default) or ``"gauss_legendre"`` (fewer steps for the same delta on
             smooth models).
         internal_batch_size: interpolation points per compiled call; None plans it from the memory budget.
+        layer: attribute at this layer's output: integrate along the layer's activations from the baseline's
+            activations ``h' = head(x')`` to ``h = head(x)``, then sum over the feature axis (one score per
+            token for an embedding); completeness holds for the sum, ``Σ A = f(x) − f(x')``. The baseline is
+            still given in input space (``"zeros"``: token id 0; ``"mean"``: the mean activation of the batch).
         max_memory: working-memory budget (default half the available memory).
 
     ``attribute(x, target=None, return_delta=False)`` returns the attributions, or ``(attributions, delta)``
@@ -81,8 +86,8 @@ class IntegratedGradients(AttributionMethod):
 
     def __init__(self, model, baseline: str | float | np.ndarray = "zeros", steps: int = 64,
                  rule: Rule = "riemann_trapezoid", internal_batch_size: int | None = None, *,
-                 max_memory: str | int | None = None):
-        super().__init__(model, max_memory=max_memory)
+                 layer: str | None = None, max_memory: str | int | None = None):
+        super().__init__(model, layer=layer, max_memory=max_memory)
         self.steps = check_positive_int("steps", steps)
         self.rule = check_choice("rule", rule, RULES)
         if internal_batch_size is not None:
@@ -95,21 +100,20 @@ class IntegratedGradients(AttributionMethod):
     def attribute(self, x, target: TargetSpec = None, *, return_delta: bool = False):
         """Integrated gradients of ``target`` at ``x`` (shape of ``x``); with ``return_delta=True`` also the
         ``(B,)`` completeness delta ``Σ A − (f(x) − f(x'))``."""
-        xs = self.check_inputs(x)
-        tgt = self.resolve_target(xs, target)
-        base = self._prepare(xs)
-        attr = self._attribute(xs, tgt, base)
+        job = self.begin(x, target)
+        attr = self._attribute(job.z, job.target, job.state)
         if not return_delta:
-            return attr
-        return attr, self.completeness_delta(xs, attr, tgt, base)
+            return self.finish(attr)
+        return self.finish(attr), self.completeness_delta(job.z, attr, job.target, job.state)
 
-    def completeness_delta(self, x: np.ndarray, attributions: np.ndarray, target: Target,
+    def completeness_delta(self, z: np.ndarray, attributions: np.ndarray, target: Target,
                            baseline: np.ndarray) -> np.ndarray:
-        """``Σ_j A_ij − (f(x_i) − f(x'_i))`` in float64 for validated inputs and a resolved target."""
-        fx = self.values(x, target).astype(np.float64)
-        fb = self.values(np.broadcast_to(baseline, x.shape).astype(x.dtype), target).astype(np.float64)
-        total = attributions.reshape(len(x), -1).astype(np.float64).sum(axis=1)
-        return total - (fx - fb)
+        """``Σ_j A_ij − (f(z_i) − f(z'_i))`` in float64 for an attributed array (inputs or activations), its
+        attributions (any shape with ``len(z)`` rows) and a resolved target."""
+        fz = self.values(z, target).astype(np.float64)
+        fb = self.values(np.broadcast_to(baseline, z.shape).astype(z.dtype), target).astype(np.float64)
+        total = attributions.reshape(len(z), -1).astype(np.float64).sum(axis=1)
+        return total - (fz - fb)
 
     # -- baseline ---------------------------------------------------------------------------------------------
     def _check_baseline(self, baseline):
@@ -136,57 +140,50 @@ class IntegratedGradients(AttributionMethod):
             shown = "(" + ", ".join("?" if d is None else str(d) for d in feat) + (",)" if len(feat) == 1 else ")")
             raise InputError(f"baseline: expected a number or an array of shape {shown} or (B, *{shown}), "
                              f"got shape {shape}")
-        return arr.astype(self.dtype.as_numpy_dtype)
+        return _as_input(arr, self.input_dtype, "baseline")
 
-    def _prepare(self, x: np.ndarray) -> np.ndarray:
-        """The baseline for this batch: shape ``(1, ...)`` (shared) or ``(B, ...)`` (per example)."""
+    def _prepare(self, xs: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The baseline for this batch in the attributed space: shape ``(1, ...)`` (shared) or ``(B, ...)``."""
         b = self.baseline
+        if isinstance(b, str) and b == "mean":
+            return z.mean(axis=0, keepdims=True, dtype=np.float64).astype(z.dtype)
         if isinstance(b, str):
-            if b == "zeros":
-                return np.zeros((1, *x.shape[1:]), x.dtype)
-            return x.mean(axis=0, keepdims=True, dtype=np.float64).astype(x.dtype)
-        if b.ndim == 0:
-            return np.full((1, *x.shape[1:]), b, x.dtype)
-        if b.ndim == x.ndim - 1:
-            if b.shape != x.shape[1:]:
-                raise InputError(f"baseline: expected shape {x.shape[1:]} to match the inputs, got {b.shape}")
-            return b[None]
-        if b.shape != x.shape:
-            raise InputError(f"baseline: expected shape {x.shape[1:]} or {x.shape} to match the inputs, "
+            b = np.zeros((1, *xs.shape[1:]), xs.dtype)
+        elif b.ndim == 0:
+            b = np.full((1, *xs.shape[1:]), b, xs.dtype)
+        elif b.ndim == xs.ndim - 1:
+            if b.shape != xs.shape[1:]:
+                raise InputError(f"baseline: expected shape {xs.shape[1:]} to match the inputs, got {b.shape}")
+            b = b[None]
+        elif b.shape != xs.shape:
+            raise InputError(f"baseline: expected shape {xs.shape[1:]} or {xs.shape} to match the inputs, "
                              f"got {b.shape}")
-        return b
+        return self.embed(b.astype(xs.dtype, copy=False))
 
     def _tile_state(self, state: Any, copies: int) -> Any:
         return state if len(state) == 1 else np.concatenate([state] * copies)
 
     # -- the computation --------------------------------------------------------------------------------------
-    def _block_fn(self, target: Target):
-        """Compiled ``(x, baseline, α, w, index) -> Σ_k w_k ∇f(x' + α_k (x − x'))`` for E examples × S nodes."""
-        feat = list(self.signature.input_shapes[0])
-        rank = len(feat)
+    def _block_fn(self, target: Target, in_shape: tuple[int, ...]):
+        """Compiled ``(z, z', α, w, index) -> Σ_k w_k ∇f(z' + α_k (z − z'))`` for E examples × S nodes (flat
+        rows)."""
 
-        def build():
-            def block(x, base, alphas, weights, index):
+        def build(select):
+            def block(z, base, alphas, weights, index):
                 num_nodes = tf.shape(alphas)[0]
-                diff = x - base
-                a = tf.reshape(alphas, [1, -1] + [1] * rank)
-                pts = tf.expand_dims(base, 1) + a * tf.expand_dims(diff, 1)        # (E, S, ...)
-                pts = tf.ensure_shape(tf.reshape(pts, tf.concat([[-1], tf.shape(x)[1:]], 0)), [None, *feat])
-                idx = tf.repeat(index, num_nodes)
+                pts = base[:, None, :] + alphas[None, :, None] * (z - base)[:, None, :]   # (E, S, n)
+                pts = tf.reshape(pts, [-1, z.shape[1]])
                 with tf.GradientTape() as tape:
                     tape.watch(pts)
-                    f = self._select(self.model(pts, training=False), target.fn, target.output, idx)
-                    total = tf.reduce_sum(f)
-                g = tape.gradient(total, pts)
-                g = tf.reshape(g, tf.concat([[-1, num_nodes], tf.shape(x)[1:]], 0))
-                w = tf.reshape(weights, [1, -1] + [1] * rank)
-                return tf.reduce_sum(g * w, axis=1)
+                    total = tf.reduce_sum(select(pts, tf.repeat(index, num_nodes)))
+                g = tf.reshape(tape.gradient(total, pts), [-1, num_nodes, z.shape[1]])
+                return tf.reduce_sum(g * weights[None, :, None], axis=1)
             return block
 
-        spec = self._x_spec()
+        n = math.prod(in_shape)
         node = tf.TensorSpec((None,), self.dtype)
-        return self._compiled(("integrated_gradients", target.output, target.fn), build,
-                              [spec, spec, node, node, tf.TensorSpec((None,), tf.int32)])
+        return self.compiled("integrated_gradients", target, in_shape, build,
+                             [tf.TensorSpec((None, n), self.dtype), node, node])
 
     def plan(self, num_examples: int) -> tuple[int, int]:
         """``(examples, nodes)`` evaluated per compiled call: all nodes of several examples when they fit,
@@ -194,8 +191,7 @@ class IntegratedGradients(AttributionMethod):
         if self.internal_batch_size is not None:
             points = self.internal_batch_size
         else:
-            per_point = self.example_bytes() + 3 * self.dtype.size * int(
-                np.prod(self.signature.input_shapes[0], dtype=np.int64))
+            per_point = self.example_bytes() + 3 * self.dtype.size * self.space_size()
             points = plan_chunks(num_examples * self.steps, per_point, budget=self.budget,
                                  what=f"integrated gradients ({num_examples} examples x {self.steps} steps)",
                                  max_chunk=_MAX_CHUNK).chunk
@@ -203,28 +199,28 @@ class IntegratedGradients(AttributionMethod):
             return max(1, min(num_examples, points // self.steps)), self.steps
         return 1, points
 
-    def _attribute(self, x: np.ndarray, target: Target, state: Any) -> np.ndarray:
-        base = state
-        fn = self._block_fn(target)
-        dtype = x.dtype
+    def _attribute(self, z: np.ndarray, target: Target, state: Any) -> np.ndarray:
+        base = np.broadcast_to(state, z.shape).reshape(len(z), -1)
+        fn = self._block_fn(target, tuple(z.shape[1:]))
+        dtype = z.dtype
+        flat = z.reshape(len(z), -1)
         alphas = self.alphas.astype(dtype)
         weights = self.weights.astype(dtype)
-        per_call, nodes = self.plan(len(x))
+        per_call, nodes = self.plan(len(z))
         node_blocks = [(a, min(a + nodes, self.steps)) for a in range(0, self.steps, nodes)]
-        n = len(x)
-        out = np.empty(x.shape, np.float64 if len(node_blocks) > 1 else dtype)
+        n = len(z)
+        out = np.empty(flat.shape, np.float64 if len(node_blocks) > 1 else dtype)
         calls = -(-n // per_call) * len(node_blocks)
         with progress("integrated gradients", calls, unit="chunks") as bar:
             for start in range(0, n, per_call):
                 stop = min(start + per_call, n)
-                xb = tf.constant(x[start:stop])
-                bb = tf.constant(np.broadcast_to(base if len(base) == 1 else base[start:stop], xb.shape))
+                zb = tf.constant(flat[start:stop])
+                bb = tf.constant(base[start:stop])
                 idx = tf.constant(_index_or_dummy(target.take(np.arange(start, stop)), stop - start))
                 acc = None
                 for a, b in node_blocks:
-                    g = fn(xb, bb, tf.constant(alphas[a:b]), tf.constant(weights[a:b]), idx).numpy()
+                    g = fn(zb, bb, tf.constant(alphas[a:b]), tf.constant(weights[a:b]), idx).numpy()
                     acc = g if acc is None else acc + g.astype(np.float64)
                     bar.advance(1)
                 out[start:stop] = acc
-        diff = x - np.broadcast_to(base, x.shape)
-        return (diff * out).astype(dtype)
+        return ((flat - base) * out).astype(dtype).reshape(z.shape)

@@ -25,6 +25,7 @@ class Saliency(AttributionMethod):
     Args:
         model: a single-input Keras model with floating inputs (not modified; run with ``training=False``).
         absolute: return the magnitude of the gradient (the original paper's map) instead of its sign.
+        layer: attribute at this layer's output (``∂f/∂h`` summed over the feature axis) instead of the input.
         max_memory: working-memory budget for chunking (default half the available memory).
 
     Example:
@@ -38,12 +39,13 @@ class Saliency(AttributionMethod):
 
     name = "saliency"
 
-    def __init__(self, model, absolute: bool = False, *, max_memory: str | int | None = None):
-        super().__init__(model, max_memory=max_memory)
+    def __init__(self, model, absolute: bool = False, *, layer: str | None = None,
+                 max_memory: str | int | None = None):
+        super().__init__(model, layer=layer, max_memory=max_memory)
         if not isinstance(absolute, bool | np.bool_):
             raise TypeError(f"absolute: expected True or False, got {absolute!r}")
         self.absolute = bool(absolute)
 
-    def _attribute(self, x: np.ndarray, target: Target, state: Any) -> np.ndarray:
-        grads, _ = self.gradients(x, target)
+    def _attribute(self, z: np.ndarray, target: Target, state: Any) -> np.ndarray:
+        grads, _ = self.gradients(z, target)
         return np.abs(grads) if self.absolute else grads

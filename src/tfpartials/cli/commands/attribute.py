@@ -121,7 +121,7 @@ def run(args) -> int:
     target = parse_target(args.attr_target)
     options = method_options(args)
     model, data = load_model_and_data(args, targets=False)
-    from ...attribution.base import make_method
+    from ...attribution.registry import make_method
     from ...io.precision import with_precision
 
     model = with_precision(model, args.precision)
