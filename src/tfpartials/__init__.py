@@ -46,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     "OutputGradientShares": ".autodiff.multi_output",
     # second order w.r.t. parameters
     "hvp": ".autodiff.hvp",
-    "FallbackWarning": ".autodiff.hvp",
+    "FallbackWarning": "._fallback",
     "hessian": ".autodiff.hessian",
     "HessianResult": ".autodiff.hessian",
     # curvature operators (one per-batch product each; the base class does the data pass)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ._checks import ResourceError, format_bytes, parse_size
 
 __all__ = ["available_memory", "default_budget", "resolve_budget", "plan_chunks", "require_fits", "ChunkPlan",
-           "DEFAULT_DENSE_LIMIT"]
+           "DEFAULT_DENSE_LIMIT", "activation_elements", "activation_bytes"]
 
 DEFAULT_DENSE_LIMIT = 2 * 1024**3  # dense results (Hessians) refuse above 2 GiB unless told otherwise
 _BUDGET_FRACTION = 0.5
@@ -104,3 +104,42 @@ def require_fits(nbytes: int, budget: int, what: str, alternative: str) -> None:
     if nbytes > budget:
         raise ResourceError(f"{what} needs about {format_bytes(nbytes)}, above the memory limit of "
                             f"{format_bytes(budget)}; {alternative}")
+
+
+# -- the one model of a network's working memory ---------------------------------------------------------------
+def activation_elements(model) -> int:
+    """Elements of every layer output for one example (nested layers included; unknown dimensions count 1).
+
+    The one estimate of a forward pass's working set that every planner scales: a backward pass keeps about
+    this many values per example, a forward-mode or vectorised derivative about this many per direction.
+    """
+    layers = (model._flatten_layers(include_self=False, recursive=True) if hasattr(model, "_flatten_layers")
+              else getattr(model, "layers", []))
+    total = 0
+    for layer in layers:
+        try:
+            outputs = _flatten(layer.output)
+        except (AttributeError, ValueError, RuntimeError):
+            continue
+        for t in outputs:
+            shape = getattr(t, "shape", None)
+            if shape is None:
+                continue
+            size = 1
+            for d in tuple(shape)[1:]:
+                size *= int(d) if d is not None else 1
+            total += size
+    return max(total, 1)
+
+
+def activation_bytes(model, itemsize: int) -> int:
+    """:func:`activation_elements` in bytes of ``itemsize``."""
+    return activation_elements(model) * int(itemsize)
+
+
+def _flatten(structure) -> list:
+    if isinstance(structure, dict):
+        return [t for v in structure.values() for t in _flatten(v)]
+    if isinstance(structure, list | tuple):
+        return [t for v in structure for t in _flatten(v)]
+    return [structure]

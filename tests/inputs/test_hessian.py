@@ -65,11 +65,11 @@ def test_hessian_bad_inputs():
     model, x, _ = M.mlp()
     with pytest.raises(InputError, match="has 3 components.*component=INDEX"):
         input_hessian(model, x)
-    with pytest.raises(InputError, match="index 3 out of range"):
+    with pytest.raises(InputError, match="component 3 out of range"):
         input_hessian(model, x, index=3)
-    with pytest.raises(InputError, match=r"index \(0, 1\) out of range"):
+    with pytest.raises(InputError, match=r"component \(0, 1\) out of range"):
         input_hessian(model, x, index=(0, 1))
-    with pytest.raises(InputError, match="index: expected an index or 'all'"):
+    with pytest.raises(InputError, match="component: expected an index or 'all'"):
         input_hessian(model, x, index="every")
     with pytest.raises(ResourceError, match="input Hessian.*above the memory limit"):
         input_hessian(model, x, index="all", max_memory="1KB")

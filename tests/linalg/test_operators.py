@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests import models as M
+from tfpartials.estimators.blocks import RestrictedOperator
 from tfpartials.linalg.curvature import FisherOperator, GGNOperator, HessianOperator
 from tfpartials.linalg.dense import DenseOperator
 from tfpartials.linalg.kfac import EKFACOperator, KFACOperator
@@ -40,6 +41,8 @@ BUILDERS = {
     "kfac": lambda: _curvature(KFACOperator, quiet=True),
     "ekfac": lambda: _curvature(EKFACOperator, quiet=True),
     "kfac_inverse": lambda: _get("kfac").inverse(0.1),
+    "restricted_hessian": lambda: RestrictedOperator(_get("hessian"), np.array([0, 3, 7, 8, 25])),
+    "restricted_nonsymmetric": lambda: RestrictedOperator(DenseOperator(_NONSYM), np.array([5, 1, 2])),
 }
 _CACHE: dict[str, LinearOperator] = {}
 
@@ -131,3 +134,10 @@ def test_curvature_operators_are_tagged():
     assert (f.symmetric, f.psd) == (True, True)
     assert h.space.names == ["h1/kernel", "h1/bias", "out/kernel", "out/bias"] and h.n == 26
     assert "HessianOperator(n=26" in repr(h) and "kind='empirical'" in repr(f)
+
+
+def test_restriction_is_the_principal_block_of_its_parent():
+    for name, parent in (("restricted_hessian", "hessian"), ("restricted_nonsymmetric", None)):
+        op = _get(name)
+        full = (_get(parent).to_dense().numpy() if parent else _NONSYM)
+        np.testing.assert_allclose(op.to_dense().numpy(), full[np.ix_(op.indices, op.indices)], **_tol(op))

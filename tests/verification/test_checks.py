@@ -30,14 +30,6 @@ CASES = {
 }
 
 
-def _hvp_available() -> bool:
-    try:
-        from tfpartials.autodiff.hvp import hvp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")  # HVP mode fallbacks (LSTM, CNN) are announced, not errors
 @pytest.mark.parametrize("precision", [None, "float64"])
 @pytest.mark.parametrize("case", list(CASES))
@@ -53,8 +45,7 @@ def test_all_checks_pass_on_the_test_models(case, precision):
     assert grad.details["autodiff_dtype"] == (precision or "float32")
     assert grad.max_rel_error < default_tolerances(precision or "float32")[0]
     assert grad.num_evaluations > 0 and grad.worst_variable in tp.ParameterSpace(model).names
-    if _hvp_available():
-        assert report["hvp"].skipped is None
+    assert report["hvp"].skipped is None
     jac = report["jacobian"]
     if case == "embedding":  # integer token ids: no input derivative, skipped with the reason
         assert jac.skipped and "integer dtype int32" in jac.skipped and jac.passed
@@ -173,12 +164,10 @@ def test_input_jacobian_check_and_integer_input_skip():
     assert skipped.passed and skipped.skipped and "token ids" in skipped.skipped
 
 
-def test_hvp_check_passes_when_available():
+def test_hvp_check_passes():
     model, x, y = M.regression_mlp()
     result = check_hvp(model, (x, y), loss="mse", full=False, directions=2)
-    if not _hvp_available():
-        assert result.skipped and result.passed
-        return
+    assert result.skipped is None
     assert result.passed and result.max_rel_error < 1e-3
     assert result.directions["all"].shape == (2, tp.ParameterSpace(model).size)
     lin, lx, ly = M.linear_regression()  # full mode: the whole Hessian 2 Z^T Z / N, column by column

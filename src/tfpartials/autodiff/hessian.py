@@ -24,11 +24,11 @@ import numpy as np
 
 from .._backend import keras, tf
 from .._checks import InputError, check_choice, check_positive_int, format_bytes, parse_size
-from .._memory import DEFAULT_DENSE_LIMIT, plan_chunks, require_fits
+from .._memory import DEFAULT_DENSE_LIMIT, activation_elements, plan_chunks, require_fits
 from .._progress import progress
 from ..io.data import DEFAULT_BATCH_SIZE, Data
 from ..params import ParameterSpace
-from .hvp import MAX_CHUNK, METHODS, Method, activation_elements, batch_hvp_kernel, column_memory
+from .hvp import MAX_CHUNK, METHODS, Method, batch_hvp_kernel, column_memory
 from .objective import Objective
 from .problem import prepare
 from .risk import accumulate, as_tensors, prefetch

@@ -23,17 +23,16 @@ Vectors are processed :data:`MAX_CHUNK` at a time at most, fewer if the memory p
 
 from __future__ import annotations
 
-import warnings
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
+from .. import _cache
 from .._backend import tf
 from .._checks import InputError, check_choice
-from .._memory import plan_chunks
-from .._tracing import captured_tf_logs, short_reason, unaudited_layer
+from .._fallback import Fallback, FallbackMemo, FallbackWarning, Implementation
+from .._memory import activation_elements, plan_chunks
 from .objective import Objective
 from .problem import prepare
 from .risk import accumulate
@@ -48,12 +47,6 @@ MODES = ("forward", "reverse", "loop")
 METHODS = ("auto", *MODES)
 _MODE_TEXT = {"forward": "forward-over-reverse (vectorised)", "reverse": "reverse-over-reverse (vectorised)",
               "loop": "reverse-over-reverse (one vector at a time)"}
-_TRACE_ERRORS = (ValueError, TypeError, NotImplementedError, LookupError, AttributeError,
-                 tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
-
-
-class FallbackWarning(UserWarning):
-    """A faster differentiation mode could not be built for this model; a slower exact one is used."""
 
 
 def vectorize_columns(column: Callable[[tf.Tensor], tf.Tensor], T: tf.Tensor, mode: str) -> tf.Tensor:
@@ -126,78 +119,25 @@ def hvp_kernel(obj: Objective, mode: str, tangent_vars: Sequence[int], output_va
     return forward if mode == "forward" else reverse
 
 
-class _Shared:
-    """What the kernels of one objective and family learnt: modes that cannot be built, warnings given."""
-
-    def __init__(self):
-        self.failed: set[str] = set()
-        self.warned: set[str] = set()
-
-
-class ColumnKernel:
+def ColumnKernel(obj: Objective, key: str, build: Callable[[str], Callable], method: str = "auto",
+                 what: str = "Hessian-vector products", shared: FallbackMemo | None = None,
+                 order: Sequence[str] = MODES) -> Fallback:
     """A per-batch product ``(params, x, y, mask, scale, regw, T) -> (k, ...)`` with automatic fallback.
 
-    ``build(mode)`` returns the Python function for a mode; it is compiled once through
-    :meth:`Objective.function`. On the first call of a mode, an error raised while building it moves on to the
-    next mode (with one :class:`FallbackWarning`); errors of a mode that has already run, and user errors
-    (:class:`~tfpartials.InputError`), propagate. Kernels sharing ``shared`` (same objective and family)
-    skip a mode another one found unavailable, and warn once between them.
+    ``build(mode)`` returns the Python function for a mode (``"forward"``, ``"reverse"``, ``"loop"``), compiled
+    once through :meth:`Objective.function`; :class:`~tfpartials._fallback.Fallback` tries the modes in
+    ``order`` (only ``method`` when it is not ``"auto"``). Kernels sharing ``shared`` (same objective and family)
+    skip a mode another one found unavailable, and warn once between them. One vector (``k = 1``) is traced
+    without pfor, so it is checked separately.
     """
-
-    def __init__(self, obj: Objective, key: str, build: Callable[[str], Callable], method: str = "auto",
-                 what: str = "Hessian-vector products", shared: _Shared | None = None,
-                 order: Sequence[str] = MODES):
-        check_choice("method", method, METHODS)
-        self.obj, self.key, self.build, self.what = obj, key, build, what
-        self.modes = list(order) if method == "auto" else [method]
-        self.shared = shared or _Shared()
-        self._ran: set[tuple[str, bool]] = set()  # (mode, single vector): one vector is traced without pfor
-        custom = unaudited_layer(obj.model) if method == "auto" and "loop" in self.modes else None
-        if custom is not None:  # pfor only through the audited built-in layers: it can crash the process
-            self.modes = ["loop"]
-            self._warn(f"{what}: layer {custom} is not a built-in Keras layer checked for vectorisation; "
-                       f"using {_MODE_TEXT['loop']} (exact; tfpartials.trust_vectorization(cls) to vectorise it)")
-
-    @property
-    def mode(self) -> str:
-        """The mode currently in use."""
-        while len(self.modes) > 1 and self.modes[0] in self.shared.failed:
-            self.modes.pop(0)
-        return self.modes[0]
-
-    def _warn(self, message: str) -> None:
-        if message not in self.shared.warned:
-            self.shared.warned.add(message)
-            warnings.warn(message, FallbackWarning, stacklevel=4)
-
-    def __call__(self, params, x, y, mask, scale, regw, T):
-        while True:
-            mode = self.mode
-            fn = self.obj.function(f"{self.key}/{mode}", lambda m=mode: self.build(m))
-            variant = (mode, T.shape[0] == 1)
-            if variant in self._ran:
-                return fn(params, x, y, mask, scale, regw, T)
-            try:
-                with captured_tf_logs() as notes:
-                    out = fn(params, x, y, mask, scale, regw, T)
-            except InputError:
-                raise
-            except _TRACE_ERRORS as exc:
-                if len(self.modes) == 1:
-                    raise
-                self.shared.failed.add(mode)
-                self.modes.pop(0)
-                self._warn(f"{self.what}: {_MODE_TEXT[mode]} is not available for this model ({short_reason(exc)}); "
-                           f"using {_MODE_TEXT[self.mode]} instead (exact, slower)")
-                continue
-            self._ran.add(variant)
-            if notes.looped:
-                self._warn(f"{self.what}: {_MODE_TEXT[mode]} runs {', '.join(notes.looped)} one vector at a time "
-                           "(no vectorised rule for it in TensorFlow); exact, slower")
-            return out
-
-
-_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    check_choice("method", method, METHODS)
+    modes = list(order) if method == "auto" else [method]
+    by_name = {_MODE_TEXT[m]: m for m in modes}
+    impls = [Implementation(_MODE_TEXT[m], (lambda m=m: build(m)), vectorized=m != "loop", forward=m == "forward")
+             for m in modes]
+    return Fallback(what, impls, model=obj.model, memo=shared,
+                    compile=lambda impl: obj.function(f"{key}/{by_name[impl.name]}", impl.build),
+                    variant_of=lambda args: args[-1].shape[0] == 1)
 
 
 def cached_kernel(obj: Objective, family: str, key: str, build: Callable[[str], Callable],
@@ -207,13 +147,9 @@ def cached_kernel(obj: Objective, family: str, key: str, build: Callable[[str], 
 
     ``order`` is the sequence of modes ``method="auto"`` tries.
     """
-    table = _KERNELS.setdefault(obj, {})
-    kernel = table.get((key, method, tuple(order)))
-    if kernel is None:
-        shared = table.setdefault(("shared", family, method), _Shared())
-        kernel = ColumnKernel(obj, key, build, method, what, shared, order)
-        table[(key, method, tuple(order))] = kernel
-    return kernel
+    shared = _cache.cached(obj, ("kernel-shared", family, method), FallbackMemo)
+    return _cache.cached(obj, ("kernel", key, method, tuple(order)),
+                         lambda: ColumnKernel(obj, key, build, method, what, shared, order))
 
 
 def batch_hvp_kernel(obj: Objective, method: str = "auto", tangent_vars: Sequence[int] | None = None,
@@ -224,21 +160,6 @@ def batch_hvp_kernel(obj: Objective, method: str = "auto", tangent_vars: Sequenc
     out = every if output_vars is None else tuple(output_vars)
     key = f"hvp/{','.join(map(str, tan))}/{','.join(map(str, out))}"
     return cached_kernel(obj, "hvp", key, lambda mode: hvp_kernel(obj, mode, tan, out), method, order=order)
-
-
-def activation_elements(model) -> int:
-    """Per-example elements of all layer outputs (a working-memory estimate; 0 when unknown)."""
-    total = 0
-    for layer in getattr(model, "layers", []):
-        try:
-            outputs = tf.nest.flatten(layer.output)
-        except (AttributeError, ValueError, RuntimeError):
-            continue
-        for t in outputs:
-            dims = list(getattr(t, "shape", ()))[1:]
-            if all(isinstance(d, int) for d in dims):
-                total += int(np.prod(dims, dtype=np.int64))
-    return total
 
 
 def column_memory(n: int, itemsize: int, batch_size: int, activations: int) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from .. import _cache
 from .._backend import keras, tf
 from .._checks import InputError, check_choice
 from .._tracing import traced
@@ -69,7 +70,6 @@ class Objective:
         self.dtype = self.space.dtype
         self.strategy = strategy  # a tf.distribute.Strategy: dataset passes are spread over its replicas
         self.jit_compile = bool(jit_compile)
-        self._functions: dict[str, Any] = {}
         self._pending_error: Exception | None = None
         self.trace_counts: dict[str, int] = {}
 
@@ -163,7 +163,8 @@ class Objective:
 
     def function(self, key: str, builder):
         """Cached ``tf.function`` for ``key``; ``builder()`` returns the Python function to compile."""
-        fn = self._functions.get(key)
+        functions = _cache.table(self)
+        fn = functions.get(("function", key))
         if fn is None:
             compiled = traced(self._counted(key, builder()), reduce_retracing=True,
                                    jit_compile=self.jit_compile or None)
@@ -179,7 +180,7 @@ class Objective:
                     raise
 
             fn.compiled = compiled
-            self._functions[key] = fn
+            functions[("function", key)] = fn
         return fn
 
 

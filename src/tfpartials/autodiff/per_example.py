@@ -14,19 +14,18 @@ memory (its gradient, the vectorised intermediates and the host copy), ``n`` the
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from .. import _cache
 from .._backend import tf
 from .._checks import InputError
+from .._fallback import Fallback, FallbackMemo, Implementation
 from .._memory import plan_chunks, require_fits, resolve_budget
 from .._progress import progress
-from .._tracing import captured_tf_logs, unaudited_layer
 from ..io.data import Data
-from .hvp import FallbackWarning
 from .objective import Objective
 from .problem import prepare
 from .risk import as_tensors
@@ -34,15 +33,15 @@ from .risk import as_tensors
 __all__ = ["per_example_gradients", "PerExampleEngine", "iter_chunks", "plan_per_example", "stream_per_example"]
 
 _BYTES_FACTOR = 4  # working bytes per example = parameters * itemsize * this factor
-_NO_RULE = re.compile(r"No pfor vectorization defined for (\w+)(?:\s+name: \"([^\"]+)\")?")
 
 
 class PerExampleEngine:
     """Per-example gradients of one fixed-size chunk, vectorised when possible, looped otherwise.
 
-    Call it with ``(x, y)`` tensors whose leading axis is the chunk; it returns a list of ``(chunk, *shape)``
-    tensors aligned with ``objective.space.names``. The mode (``"vectorized"`` or ``"loop"``) is decided on the
-    first call and kept; the fallback warns once.
+    Call it with ``(params, x, y)`` where the leading axis of ``x`` and ``y`` is the chunk; it returns a list of
+    ``(chunk, *shape)`` tensors aligned with ``objective.space.names``. The implementation (vectorised over the
+    examples, or a compiled loop) is chosen by the one fallback engine (:mod:`tfpartials._fallback`) on the
+    first call and kept; a fallback warns once, naming the op.
 
     Args:
         objective: the :class:`~tfpartials.autodiff.objective.Objective` (loss, parameters, model).
@@ -51,15 +50,41 @@ class PerExampleEngine:
 
     def __init__(self, objective: Objective, *, vectorize: bool = True):
         self.objective = objective
-        self.mode: str | None = None if vectorize else "loop"
-        self.fallback_op: str | None = None
-        custom = unaudited_layer(objective.model) if vectorize else None
-        if custom is not None:  # pfor only through the audited built-in layers: it can crash the process
-            self.mode = "loop"
-            warnings.warn(f"per-example gradients: layer {custom} is not a built-in Keras layer checked for "
-                          "vectorisation; computing the examples one at a time in a compiled loop (exact; "
-                          "tfpartials.trust_vectorization(cls) to vectorise it)", FallbackWarning,
-                          stacklevel=_user_stacklevel())
+        specs = [tf.TensorSpec(s, objective.dtype) for s in objective.space.shapes]
+
+        def vectorised():
+            def step(params, x, y):
+                return tf.vectorized_map(self._one(params), (x, y), fallback_to_while_loop=False)
+            return step
+
+        def loop():
+            def step(params, x, y):
+                return tf.map_fn(self._one(params), (x, y), fn_output_signature=specs)
+            return step
+
+        impls = [Implementation(_LOOP, loop)]
+        if vectorize:
+            impls.insert(0, Implementation(_VECTORISED, vectorised, vectorized=True))
+        keys = {_LOOP: "per_example_loop", _VECTORISED: "per_example_vectorized"}
+        self._engine = Fallback("per-example gradients", impls, model=objective.model,
+                                memo=_cache.cached(objective, ("fallback-memo", "per_example"), FallbackMemo),
+                                compile=lambda impl: objective.function(keys[impl.name], impl.build))
+
+    @property
+    def mode(self) -> str:
+        """``"vectorized"`` or ``"loop"``: the implementation in use."""
+        return "loop" if self._engine.current.name == _LOOP else "vectorized"
+
+    @property
+    def fallback_op(self) -> str | None:
+        """The op that prevented vectorisation (when a vectorised attempt failed), else None."""
+        if self.mode != "loop":
+            return None
+        for message in sorted(self._engine.memo.warned):
+            m = re.search(r"no vectorisation rule for op (.+?)\); using", message)
+            if m:
+                return m.group(1)
+        return None
 
     def _one(self, params):
         obj = self.objective
@@ -78,57 +103,12 @@ class PerExampleEngine:
 
         return one
 
-    def _vectorized(self):
-        def build():
-            def step(params, x, y):
-                return tf.vectorized_map(self._one(params), (x, y), fallback_to_while_loop=False)
-            return step
-        return self.objective.function("per_example_vectorized", build)
-
-    def _loop(self):
-        specs = [tf.TensorSpec(s, self.objective.dtype) for s in self.objective.space.shapes]
-
-        def build():
-            def step(params, x, y):
-                return tf.map_fn(self._one(params), (x, y), fn_output_signature=specs)
-            return step
-        return self.objective.function("per_example_loop", build)
-
     def __call__(self, params, x, y) -> list:
-        params = list(params)
-        if self.mode == "loop":
-            return list(self._loop()(params, x, y))
-        if self.mode == "vectorized":
-            return list(self._vectorized()(params, x, y))
-        try:
-            with captured_tf_logs():
-                out = list(self._vectorized()(params, x, y))
-        except InputError:
-            raise
-        except (ValueError, NotImplementedError, TypeError) as exc:
-            op = _unvectorizable_op(exc)
-            if op is None:
-                raise
-            self.mode, self.fallback_op = "loop", op
-            warnings.warn(
-                f"per-example gradients: TensorFlow has no vectorisation rule for op {op}; computing the "
-                "examples one at a time in a compiled loop (same result, slower)", FallbackWarning,
-                stacklevel=_user_stacklevel())
-            return list(self._loop()(params, x, y))
-        self.mode = "vectorized"
-        return out
+        return list(self._engine(list(params), x, y))
 
 
-def _user_stacklevel() -> int:
-    """stacklevel for warnings.warn that points at the first frame outside this package."""
-    import os
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root):
-        frame, level = frame.f_back, level + 1
-    return level
+_LOOP = "a compiled loop over the examples"
+_VECTORISED = "vectorised over the examples"
 
 
 def _dense(g):
@@ -138,22 +118,6 @@ def _dense(g):
             shape = g.dense_shape
         return tf.math.unsorted_segment_sum(g.values, g.indices, shape[0])
     return g
-
-
-def _unvectorizable_op(exc: Exception) -> str | None:
-    """The op type named in a pfor conversion error (with its node name when known), else None."""
-    text = str(exc)
-    m = _NO_RULE.search(text)
-    if m:
-        op, node = m.group(1), m.group(2)
-        if node:
-            node = re.sub(r"^loop_body/", "", node)
-            return f"{op} (node {node})"
-        return op
-    if "pfor" in text or "vectoriz" in text.lower():
-        first = next((ln.strip() for ln in text.splitlines() if "pfor" in ln or "ectoriz" in ln), text)
-        return f"<unknown> ({first[:120]})"
-    return None
 
 
 def _take(a, idx):

@@ -8,11 +8,12 @@ the model's current weights; a cached float64 copy is re-synchronised from the o
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
 
+from .. import _cache
+from .._cache import key_of
 from ..io.data import Data, load_data
 from ..io.losses import _compiled_loss_weights
 from ..io.precision import with_precision
@@ -20,22 +21,10 @@ from .objective import Objective
 
 __all__ = ["prepare", "objective_for", "clear_cache"]
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _key_part(value: Any):
-    if value is None or isinstance(value, str | bool | int | float):
-        return value
-    if isinstance(value, list | tuple):
-        return tuple(_key_part(v) for v in value)
-    if isinstance(value, dict):  # per-output losses and weights, by content (a new dict may reuse an old id)
-        return ("dict", tuple(sorted((str(k), _key_part(v)) for k, v in value.items())))
-    return ("id", id(value))
-
 
 def clear_cache() -> None:
     """Forget every cached objective (and its compiled functions)."""
-    _CACHE.clear()
+    _cache.clear()
 
 
 def _sync_weights(src, dst) -> None:
@@ -48,25 +37,22 @@ def objective_for(model, loss: Any = None, wrt=None, *, precision: str | None = 
                   include_regularization: bool = True, reduction: str = "mean", unconnected: str = "error",
                   from_logits: bool | None = None, strategy=None, jit_compile: bool = False) -> Objective:
     """The cached :class:`Objective` for ``model`` and these settings (built on first use)."""
-    key = (_key_part(loss), _key_part(wrt), precision, training, include_regularization, reduction, unconnected,
-           from_logits, jit_compile, _key_part(getattr(model, "_tfpartials_loss", None)),
-           _key_part(getattr(model, "_tfpartials_loss_weights", None)),
-           _key_part(getattr(model, "loss", None)), _key_part(_compiled_loss_weights(model)),  # re-compiled
+    # explicit key: settings by value, loss objects and the strategy by identity (held, so ids stay unique);
+    # the model's compiled loss and variables too, so re-compiling or rebuilding the model is seen
+    key = ("objective", key_of(loss), key_of(wrt), precision, training, include_regularization, reduction,
+           unconnected, from_logits, jit_compile, key_of(strategy),
+           key_of(getattr(model, "_tfpartials_loss", None)), key_of(getattr(model, "_tfpartials_loss_weights", None)),
+           key_of(getattr(model, "loss", None)), key_of(_compiled_loss_weights(model)),
            tuple(id(v) for v in getattr(model, "trainable_variables", [])))
-    try:
-        per_model = _CACHE.setdefault(model, {})
-    except TypeError:  # not weak-referenceable: no caching
-        per_model = {}
-    obj = per_model.get(key)
+    obj = _cache.table(model).get(key)
     if obj is None:
         copy = with_precision(model, precision)
-        obj = Objective(copy, loss, wrt, training=training, include_regularization=include_regularization,
-                        reduction=reduction, unconnected=unconnected, from_logits=from_logits,
-                        strategy=strategy, jit_compile=jit_compile)
-        per_model[key] = obj
+        obj = _cache.cached(model, key, lambda: Objective(
+            copy, loss, wrt, training=training, include_regularization=include_regularization,
+            reduction=reduction, unconnected=unconnected, from_logits=from_logits, strategy=strategy,
+            jit_compile=jit_compile))
     elif obj.model is not model:
         _sync_weights(model, obj.model)
-    obj.strategy = strategy
     return obj
 
 

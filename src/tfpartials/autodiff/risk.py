@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _cache
 from .._backend import tf
 from .._progress import progress
 from .._tracing import traced
@@ -100,16 +101,13 @@ def accumulate(objective, data: Data, step: Callable, params: Sequence, *extra: 
     return total
 
 
-_DISTRIBUTED: dict = {}
+def _distributed_function(objective, step, strategy):
+    """One compiled ``strategy.run`` + SUM reduce per (objective, step, strategy), traced once."""
+    return _cache.cached(objective, ("distributed", _cache.key_of(step), _cache.key_of(strategy)),
+                         lambda: _build_distributed(step, strategy))
 
 
-def _distributed_function(step, strategy):
-    """One compiled ``strategy.run`` + SUM reduce per (step, strategy), traced once."""
-    key = (id(step), id(strategy))
-    cached = _DISTRIBUTED.get(key)
-    if cached is not None and cached[0] is step and cached[1] is strategy:
-        return cached[2]
-
+def _build_distributed(step, strategy):
     def run(params, per_replica, *extra):
         def replica_step(batch):
             x, y, mask, scale, regw = batch
@@ -118,9 +116,7 @@ def _distributed_function(step, strategy):
         out = strategy.run(replica_step, args=(per_replica,))
         return tf.nest.map_structure(lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), out)
 
-    run = traced(run)
-    _DISTRIBUTED[key] = (step, strategy, run)
-    return run
+    return traced(run)
 
 
 def _accumulate_distributed(objective, data, step, params, extra, description, quiet, strategy):
@@ -132,7 +128,7 @@ def _accumulate_distributed(objective, data, step, params, extra, description, q
     params = list(params)
     total = None
     template: Batch | None = None
-    run = _distributed_function(step, strategy)
+    run = _distributed_function(objective, step, strategy)
     with progress(description, steps, quiet=quiet, unit="steps") as bar:
         for _ in range(steps):
             group: list[Batch | None] = []

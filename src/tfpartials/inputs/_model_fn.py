@@ -10,17 +10,17 @@ and the chunked sweep over examples and directions are in :mod:`._sweep`.
 from __future__ import annotations
 
 import math
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .. import _cache
 from .._backend import keras, tf
 from .._checks import InputError
-from .._tracing import traced, unaudited_layer
+from .._memory import activation_bytes
+from .._tracing import traced
 from ..io.precision import with_precision
 from ..io.signature import signature
 
@@ -31,8 +31,6 @@ __all__ = ["InputFunction", "Prepared", "get_function", "refuse_training", "flat
            "component_alias"]
 
 ZERO = tf.UnconnectedGradients.ZERO
-_CACHE_SIZE = 8
-_CACHE: OrderedDict = OrderedDict()
 
 
 def refuse_training(training: bool, what: str = "per-example input derivatives") -> None:
@@ -99,7 +97,7 @@ class InputFunction:
                              "outputs are not differentiable with respect to integer inputs; differentiate with "
                              "respect to a floating input (or the embedding output) instead")
         self.dtype = dtype
-        self._functions: dict[Any, Any] = {}
+        self._functions = _cache.table(self)
         self._activation_bytes: int | None = None
         self.forward_unavailable: Exception | None = None  # why forward mode failed, once it has
         self.recurrent = any(isinstance(layer, keras.layers.RNN) for layer in _all_layers(self.model))
@@ -209,8 +207,6 @@ class InputFunction:
         if step is None:
             if self.recurrent:
                 candidates = sorted(candidates, key=lambda c: "vectorized_map" in c.name)
-            if unaudited_layer(self.model) is not None:  # pfor only through audited layers (no native crash)
-                candidates = [c for c in candidates if "vectorized_map" not in c.name] or list(candidates)
             step = Step(self, candidates, generic, what)
             self._functions[key] = step
         return step
@@ -218,19 +214,7 @@ class InputFunction:
     def activation_bytes(self) -> int:
         """Rough bytes of activations per example (sum of the layer output sizes)."""
         if self._activation_bytes is None:
-            itemsize = self.dtype.size
-            total = 0
-            for layer in getattr(self.model, "layers", []):
-                try:
-                    outs = tf.nest.flatten(layer.output)
-                except (AttributeError, ValueError, RuntimeError):
-                    continue
-                for t in outs:
-                    shape = getattr(t, "shape", None)
-                    if shape is None:
-                        continue
-                    total += math.prod(int(d) if d is not None else 1 for d in tuple(shape)[1:])
-            self._activation_bytes = max(total, 1) * itemsize
+            self._activation_bytes = activation_bytes(self.model, self.dtype.size)
         return self._activation_bytes
 
 
@@ -254,17 +238,12 @@ def get_function(model, input=None, output=None, precision: str | None = None) -
     if not isinstance(model, keras.Model):
         raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
     sig = signature(model)
-    key = (id(model), sig.input_index(input), sig.output_index(output))
+    key = ("input_function", sig.input_index(input), sig.output_index(output))
     if precision is None:
-        hit = _CACHE.get(key)
-        if hit is not None and hit[0]() is model:
-            _CACHE.move_to_end(key)
-            return hit[1]
+        return _cache.cached(model, key, lambda: InputFunction(model, input, output, precision))
     fn = InputFunction(model, input, output, precision)
-    if precision is None or fn.model is model:
-        _CACHE[key] = (weakref.ref(model), fn)
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+    if fn.model is model:  # already in that precision: the same function as precision=None
+        return _cache.cached(model, key, lambda: fn)
     return fn
 
 

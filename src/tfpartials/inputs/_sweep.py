@@ -14,18 +14,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._backend import tf
-from .._checks import InputError
+from .._fallback import Fallback, Implementation, Unsupported
 from .._memory import plan_chunks, require_fits, resolve_budget
 from .._progress import progress
-from .._tracing import captured_tf_logs, short_reason, traced
+from .._tracing import traced
 from ._model_fn import InputFunction, Prepared, _spec
 
 __all__ = ["Step", "Candidate", "Unsupported", "sweep", "row_bytes", "budget_and_fixed", "tile_rows",
            "split_rows", "map_directions", "examples_first", "one_hot_rows"]
-
-
-class Unsupported(InputError):
-    """TensorFlow cannot compile this derivative for the model's ops (e.g. forward mode through an LSTM)."""
 
 
 class Candidate(NamedTuple):
@@ -57,44 +53,33 @@ class Step:
         self.owner = owner
         self.generic = generic
         self.what = what
-        self._candidates = [(c, traced(c.build(), reduce_retracing=generic)) for c in candidates]
-        self._active = None
-        self._failure: Unsupported | None = None
-        self.method: str | None = None
+        impls = [Implementation(c.name, c.build, vectorized="vectorized_map" in c.name, forward=c.forward)
+                 for c in candidates]
+        self._engine = Fallback(what, impls, model=owner.model, announce=False, exhausted="unsupported",
+                                errors=(Exception,),
+                                compile=lambda impl: traced(impl.build(), reduce_retracing=generic))
+
+    @property
+    def method(self) -> str | None:
+        """The implementation in use."""
+        return self._engine.current.name
+
+    def _sync(self, run):
+        memo = self._engine.memo
+        if memo.forward_error is None:
+            memo.forward_error = self.owner.forward_unavailable  # forward mode already failed for this model
+        try:
+            return run()
+        finally:
+            if memo.forward_error is not None and self.owner.forward_unavailable is None:
+                self.owner.forward_unavailable = memo.forward_error
 
     def prepare(self, *args) -> None:
         """Trace for ``args`` (tensors or specs) with the first implementation that compiles."""
-        if self._active is not None:
-            return
-        if self._failure is not None:
-            raise self._failure
-        error: Exception | None = None
-        forward_failed = False
-        with captured_tf_logs():
-            for cand, fn in self._candidates:
-                if cand.forward and self.owner.forward_unavailable is not None:
-                    error = error or self.owner.forward_unavailable
-                    continue
-                try:
-                    fn.get_concrete_function(*args)
-                except InputError:
-                    raise
-                except Exception as exc:  # an op this implementation cannot handle: try the next one
-                    error, forward_failed = exc, forward_failed or cand.forward
-                    continue
-                self._active, self.method = fn, cand.name
-                if not cand.forward and forward_failed:  # every forward-mode implementation failed
-                    self.owner.forward_unavailable = error
-                return
-        if forward_failed and all(c.forward for c, _ in self._candidates):
-            self.owner.forward_unavailable = error
-        self._failure = Unsupported(f"TensorFlow cannot compile {self.what} for this model ({short_reason(error, 200)})")
-        raise self._failure from error
+        self._sync(lambda: self._engine.prepare(*args))
 
     def __call__(self, *args):
-        if self._active is None:
-            self.prepare(*args)
-        return self._active(*args)
+        return self._sync(lambda: self._engine(*args))
 
 
 def row_bytes(fn: InputFunction, prep: Prepared, passes: float) -> int:

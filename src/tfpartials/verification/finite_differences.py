@@ -21,7 +21,7 @@ import numpy as np
 
 from .._backend import tf
 from .._checks import InputError, check_positive_float
-from .._memory import plan_chunks
+from .._memory import activation_bytes, plan_chunks
 from ..autodiff.objective import Objective
 from ..autodiff.risk import accumulate
 from ..io.data import Data
@@ -107,7 +107,7 @@ class FiniteDifferenceObjective:
         self.data = data.cast("float64")
         self.theta = self.space.flatten(self.space.values()).numpy().astype(np.float64)
         self.num_evaluations = 0
-        self._activations = _activation_bytes(self.objective.model) * self.data.batch_size
+        self._activations = activation_bytes(self.objective.model, 8) * self.data.batch_size
 
     def _compiled(self, gradient: bool):
         obj, space = self.objective, self.space
@@ -192,21 +192,6 @@ class FiniteDifferenceObjective:
         out = np.zeros(self.space.size)
         out[self.space.slice_of(name)] = block
         return out
-
-
-def _activation_bytes(model) -> int:
-    """Rough float64 bytes of the activations of one example: the sum of the layer output sizes."""
-    total = 0
-    for layer in model._flatten_layers(include_self=False):
-        try:
-            outputs = tf.nest.flatten(layer.output)
-        except (AttributeError, ValueError, RuntimeError):
-            continue
-        for t in outputs:
-            shape = getattr(t, "shape", None)
-            if shape is not None:
-                total += int(np.prod([d or 1 for d in tuple(shape)[1:]], dtype=np.int64))
-    return 8 * max(total, 1)
 
 
 def _structure(model, arrays: list):
