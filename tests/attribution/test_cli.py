@@ -91,3 +91,66 @@ def test_wrong_input_shape_exits_2(files, capsys):
     code = main(["attribute", str(files / "digits.keras"), "--data", str(files / "bad.npy"), "--method",
                  "saliency"])
     assert code == 2 and "expected shape" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ token models
+@pytest.fixture(scope="module")
+def token_files(tmp_path_factory):
+    from tests.attribution.test_layer import decisive_token_model
+
+    d = tmp_path_factory.mktemp("attribute-tokens")
+    decisive_token_model().save(d / "tokens.keras")
+    x = np.array([[1, 7, 2, 3, 4], [5, 6, 1, 2, 7], [7, 1, 1, 3, 2]], np.int32)  # token 7 decides the class
+    np.save(d / "ids.npy", x)
+    (d / "vocab.txt").write_text("\n".join(["<pad>", "the", "a", "film", "was", "not", "very", "great"]) + "\n")
+    return d, x
+
+
+def test_layer_ig_on_token_ids_with_a_vocabulary(token_files, capsys):
+    d, x = token_files
+    out = d / "tok.npz"
+    code = main(["attribute", str(d / "tokens.keras"), "--data", str(d / "ids.npy"), "--method",
+                 "integrated-gradients", "--layer", "embedding", "--vocab", str(d / "vocab.txt"), "--steps", "32",
+                 "--top", "2", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "top tokens" in text and "great" in text
+    with np.load(out) as z:
+        assert set(z.files) == {"attributions", "targets", "delta", "tokens"}
+        a, t, tokens, delta = z["attributions"], z["targets"], z["tokens"], z["delta"]
+    assert a.shape == x.shape and tokens.shape == x.shape and tokens[0, 1] == "great"
+    assert np.all(t == 1)
+    np.testing.assert_array_equal(np.abs(a).argmax(1), np.argmax(x == 7, axis=1))
+    model = __import__("keras").models.load_model(d / "tokens.keras")
+    change = R.output_of(model, x, t) - R.output_of(model, np.zeros_like(x), t)
+    assert np.all(np.abs(a.sum(1) - change) <= 0.01 * np.abs(change))
+    np.testing.assert_allclose(delta, a.sum(1) - change, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--layer", "nope"], "unknown layer 'nope'"),
+    ([], "integer inputs"),
+    (["--layer", "embedding", "--vocab", "missing.txt"], "--vocab: no such file"),
+    (["--layer", "embedding", "--vocab", "short"], "token id 7 is outside the vocabulary of 3 lines"),
+    (["--layer", "hidden", "--plot", "b.png"], "--plot: attributions at layer 'hidden' have shape (2,)"),
+    (["--layer", "embedding", "--plot", "a.png"], None),
+])
+def test_token_errors_exit_2(token_files, capsys, extra, message):
+    d, _ = token_files
+    (d / "short").write_text("a\nb\nc\n")
+    extra = [str(d / e) if e in ("missing.txt", "short", "a.png", "b.png") else e for e in extra]
+    code = main(["attribute", str(d / "tokens.keras"), "--data", str(d / "ids.npy"), "--method", "saliency",
+                 "--quiet"] + extra)
+    err = capsys.readouterr().err
+    if message is None:  # a plot of per-token scores is the same shape as the ids: drawn as bars
+        assert code == 0 and (d / "a.png").is_file()
+        return
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (d / "b.png").exists()
+
+
+def test_vocab_needs_token_ids(files, capsys):
+    (files / "v.txt").write_text("a\n")
+    code = main(["attribute", str(files / "digits.keras"), "--data", str(files / "digits.npz"), "--method",
+                 "saliency", "--vocab", str(files / "v.txt"), "--quiet"])
+    assert code == 2 and "--vocab: the inputs are not token ids" in capsys.readouterr().err
