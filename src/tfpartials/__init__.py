@@ -103,6 +103,8 @@ _EXPORTS: dict[str, str] = {
     "SmoothGrad": ".attribution",
     "attribute": ".attribution",
     "make_method": ".attribution",
+    "token_attributions": ".attribution",
+    "TokenAttributions": ".attribution",
     "plot_attributions": ".reports.plots",
     "plot_image_attributions": ".reports.plots",
     "plot_feature_attributions": ".reports.plots",

@@ -186,3 +186,20 @@ def test_refusals():
     masked = keras.Model(ids, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(h)))
     with pytest.raises(InputError, match="layer 'masked' produces a mask"):
         Saliency(masked, layer="masked")
+
+
+def test_token_attributions_for_the_report():
+    from tfpartials import token_attributions
+
+    model, x = token_model(seed=5)
+    vocab = [f"w{i}" for i in range(12)]
+    t = token_attributions(model, x, vocab, steps=24)
+    index = np.asarray(model(x)).argmax(1)
+    np.testing.assert_array_equal(t.targets, index)
+    np.testing.assert_allclose(t.scores, _layer_ig_reference(model, x, index), rtol=1e-4, atol=1e-5)
+    assert t.tokens[0, 0] == f"w{x[0, 0]}" and t.layer == "embedding" and np.max(np.abs(t.delta)) < 1e-4
+    with pytest.raises(InputError, match="token id 11 is outside the vocabulary of 3 tokens"):
+        token_attributions(model, np.full((1, 6), 11), ["a", "b", "c"])
+    dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(InputError, match="no Embedding layer"):
+        token_attributions(dense, np.ones((1, 3), "float32"))

@@ -11,6 +11,7 @@ from .integrated_gradients import IntegratedGradients, path_nodes
 from .registry import METHODS, attribute, make_method
 from .saliency import Saliency
 from .smoothgrad import SmoothGrad
+from .tokens import TokenAttributions, token_attributions
 
 __all__ = ["AttributionMethod", "Target", "attribute", "make_method", "METHODS", "Saliency", "GradientXInput",
-           "IntegratedGradients", "SmoothGrad", "path_nodes"]
+           "IntegratedGradients", "SmoothGrad", "path_nodes", "TokenAttributions", "token_attributions"]
