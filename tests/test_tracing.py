@@ -167,3 +167,30 @@ def test_short_reason_keeps_the_error_line():
     exc = ValueError("Traceback ...\n  File x\n\nValueError: No pfor vectorization defined for Foo\nmore")
     assert short_reason(exc).startswith("ValueError: No pfor vectorization defined for Foo")
     assert short_reason(RuntimeError("a" * 500), limit=20).endswith("...")
+
+
+def test_real_cnns_take_the_exact_loop_for_parameter_derivatives():
+    """Four or more convolutions: pfor would trace a while loop per conv op, so the loop comes first (exact)."""
+    from tfpartials._tracing import pfor_looped_layers
+    from tfpartials.autodiff.hvp import batch_hvp_kernel
+    from tfpartials.autodiff.per_example import PerExampleEngine
+    from tfpartials.autodiff.problem import objective_for
+
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((8, 8, 2))]
+    layers += [keras.layers.Conv2D(2, 3, padding="same", activation="tanh", name=f"c{i}") for i in range(4)]
+    model = keras.Sequential(layers + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, name="o")])
+    assert pfor_looped_layers(model) == 4
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 2)).astype("float32")
+    y = np.zeros((3, 1), "float32")
+    obj = objective_for(model, "mse")
+    assert PerExampleEngine(obj).mode == "loop"
+    assert batch_hvp_kernel(obj).method.startswith("reverse-over-reverse (one vector")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tp.FallbackWarning)
+        pe = tp.per_example_gradients(model, (x, y), loss="mse")
+    for i in range(3):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((model(x[i:i + 1]) - y[i:i + 1]) ** 2)
+        np.testing.assert_allclose(pe["c0/kernel"][i], tape.gradient(loss, model.trainable_variables[0]).numpy(),
+                                   rtol=1e-4, atol=1e-6)

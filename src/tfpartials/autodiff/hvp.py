@@ -33,6 +33,7 @@ from .._backend import tf
 from .._checks import InputError, check_choice
 from .._fallback import Fallback, FallbackMemo, FallbackWarning, Implementation
 from .._memory import activation_elements, plan_chunks
+from .._tracing import PFOR_LOOP_THRESHOLD, pfor_looped_layers
 from .objective import Objective
 from .problem import prepare
 from .risk import accumulate
@@ -132,6 +133,8 @@ def ColumnKernel(obj: Objective, key: str, build: Callable[[str], Callable], met
     """
     check_choice("method", method, METHODS)
     modes = list(order) if method == "auto" else [method]
+    if method == "auto" and "loop" in modes and pfor_looped_layers(obj.model) >= PFOR_LOOP_THRESHOLD:
+        modes = ["loop"] + [m for m in modes if m != "loop"]  # a real CNN: pfor would trace a loop per conv op
     by_name = {_MODE_TEXT[m]: m for m in modes}
     impls = [Implementation(_MODE_TEXT[m], (lambda m=m: build(m)), vectorized=m != "loop", forward=m == "forward")
              for m in modes]

@@ -25,6 +25,7 @@ from .._checks import InputError
 from .._fallback import Fallback, FallbackMemo, Implementation
 from .._memory import plan_chunks, require_fits, resolve_budget
 from .._progress import progress
+from .._tracing import PFOR_LOOP_THRESHOLD, pfor_looped_layers
 from ..io.data import Data
 from .objective import Objective
 from .problem import prepare
@@ -63,8 +64,9 @@ class PerExampleEngine:
             return step
 
         impls = [Implementation(_LOOP, loop)]
-        if vectorize:
-            impls.insert(0, Implementation(_VECTORISED, vectorised, vectorized=True))
+        if vectorize:  # first, unless pfor would loop over a real CNN's convolutions anyway (slower to trace and run)
+            position = 1 if pfor_looped_layers(objective.model) >= PFOR_LOOP_THRESHOLD else 0
+            impls.insert(position, Implementation(_VECTORISED, vectorised, vectorized=True))
         keys = {_LOOP: "per_example_loop", _VECTORISED: "per_example_vectorized"}
         self._engine = Fallback("per-example gradients", impls, model=objective.model,
                                 memo=_cache.cached(objective, ("fallback-memo", "per_example"), FallbackMemo),
