@@ -282,3 +282,29 @@ def test_errors(regression_data, overconfident):
         tp.Laplace(mlp, (x, yc), likelihood="classification", from_logits=False, subset="last_layer")
     with pytest.raises(InputError, match="optimize_sigma"):
         tp.Laplace(mlp, (x, yc), subset="last_layer", structure="diag").optimize_prior_precision(optimize_sigma=True)
+
+
+def test_kfac_posterior_algebra_equals_the_dense_kronecker_blocks(overconfident):
+    """Eigenbasis algebra (log det, marginal variances, functional covariance) against the dense matrix
+    ``N * blockdiag(kron(A_l, B_l))`` assembled in numpy from the operator's factors."""
+    from tfpartials.linalg.kfac import KFACOperator
+
+    model, x, y, xt, _ = overconfident
+    prior = {"h1": 0.5, "h2": 2.0, "out": 1.0}
+    la = tp.Laplace(model, (x, y), likelihood="classification", structure="kfac", prior_precision=prior)
+    op = KFACOperator(model, (x, y), loss=model.loss, quiet=True)
+    P = la.n_params
+    H = np.zeros((P, P))
+    for blk in op.blocks:
+        H[np.ix_(blk.indices, blk.indices)] = len(x) * np.kron(blk.A, blk.B)
+    D = np.concatenate([np.full(v.size, prior[n.split("/")[0]]) for n, v in la.mean.items()])
+    _, logdet = np.linalg.slogdet(H + np.diag(D))
+    theta = la.theta
+    ref = la.log_likelihood() - 0.5 * (theta @ (D * theta) + logdet - np.sum(np.log(D)))
+    np.testing.assert_allclose(la.log_marginal_likelihood(), ref, rtol=1e-8)
+    cov = np.linalg.inv(H + np.diag(D))
+    np.testing.assert_allclose(np.concatenate([v.reshape(-1) for v in la.posterior_variance.values()]),
+                               np.diag(cov), rtol=1e-6)
+    J = np.random.default_rng(0).normal(size=(4, 3, P))
+    np.testing.assert_allclose(la._posterior.functional_covariance(J, 1.0, la._prior),
+                               np.einsum("bcp,pq,bdq->bcd", J, cov, J), rtol=1e-6)
