@@ -203,3 +203,26 @@ def test_token_attributions_for_the_report():
     dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     with pytest.raises(InputError, match="no Embedding layer"):
         token_attributions(dense, np.ones((1, 3), "float32"))
+
+
+class _Fragile(keras.layers.Layer):
+    """Raises a long multi-line error when armed (a layer that cannot be called again on a new input)."""
+
+    armed = False
+
+    def call(self, x):
+        if self.armed:
+            raise ValueError("boom: this layer cannot be called again")
+        return 2.0 * x
+
+
+def test_a_tail_that_cannot_be_rebuilt_is_refused_in_one_line():
+    inp = keras.Input((3,))
+    fragile = _Fragile(name="fragile")
+    model = keras.Model(inp, keras.layers.Dense(1)(fragile(keras.layers.Dense(3, name="first")(inp))))
+    fragile.armed = True
+    with pytest.raises(InputError, match=r"layer 'first': could not rebuild the model after it at layer 'fragile' "
+                                         r"\(ValueError") as info:
+        Saliency(model, layer="first")
+    assert "\n" not in str(info.value)
+    assert [len(layer._inbound_nodes) for layer in model.layers] == [1, 1, 1, 1]  # nothing left behind

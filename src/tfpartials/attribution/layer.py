@@ -23,7 +23,7 @@ import numpy as np
 from .. import _cache
 from .._backend import keras, tf
 from .._checks import InputError
-from .._tracing import traced
+from .._tracing import short_reason, traced
 
 __all__ = ["LayerSplit", "split_at"]
 
@@ -118,7 +118,11 @@ def _split(model, name: str) -> LayerSplit:
                                  "output with tensors computed without it (a residual or a second branch); choose "
                                  "a layer that every path from the inputs to the outputs goes through")
             args, kwargs = n.arguments.fill_in(tensors)
-            outs = n.operation(*args, **kwargs)
+            try:
+                outs = n.operation(*args, **kwargs)
+            except Exception as exc:  # a layer that cannot be called on a new input: say which, in one line
+                raise InputError(f"layer {name!r}: could not rebuild the model after it at layer "
+                                 f"{n.operation.name!r} ({short_reason(exc)})") from None
             for ref, value in zip(n.outputs, tf.nest.flatten(outs)):
                 tensors[id(ref)] = value
         missing = [t for t in graph.outputs if id(t) not in tensors]
