@@ -124,3 +124,30 @@ def test_demo_quick_end_to_end(tmp_path, monkeypatch, capsys):
     assert str(out / "index.html") in printed
     assert main(["demo", "--quick", "--out", str(out)]) == 2  # exists: refused, untouched
     assert "already exists" in capsys.readouterr().err
+
+
+def test_report_with_held_out_data_adds_the_uncertainty_section(files, tmp_path, capsys):
+    from tfpartials.cli.main import main
+
+    out = tmp_path / "rep"
+    code = main(["report", str(files / "m.keras"), "--data", str(files / "d.npz"), "--eval", str(files / "d.npz"),
+                 "--from-logits", "--out", str(out), "--skip", "curvature", "--skip", "check", "--skip", "influence",
+                 "--skip", "attributions", "--skip", "per-example", "--skip", "sensitivity"])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    sec = res["sections"]["uncertainty"]
+    assert sec["status"] == "ok", sec["reason"]
+    assert sec["results"]["num_eval"] == 30 and res["provenance"]["settings"]["eval_examples"] == 30
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 3, err  # one line per section that ran
+
+
+def test_report_with_bad_held_out_data_exits_2_before_any_work(files, tmp_path, capsys):
+    from tfpartials.cli.main import main
+
+    out = tmp_path / "rep"
+    code = main(["report", str(files / "m.keras"), "--data", str(files / "d.npz"), "--eval",
+                 str(files / "bad_shape.npz"), "--from-logits", "--out", str(out)])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tfpartials: error:")

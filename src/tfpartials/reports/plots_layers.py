@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["MAX_BARS", "short_names", "select_bars", "plot_layer_bars"]
+__all__ = ["MAX_BARS", "short_names", "select_bars", "plot_layer_bars", "plot_ranked_intervals"]
 
 MAX_BARS = 40
 NAME_WIDTH = 30
@@ -123,3 +123,36 @@ def plot_layer_bars(names: Sequence[str], values: Sequence[float], path: str | o
 
     atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, format="png"), True)
     return int(len(idx))
+
+
+def plot_ranked_intervals(names: Sequence[str], values: Sequence[float], intervals: Sequence[tuple[float, float]],
+                          path: str | os.PathLike, *, title: str = "", xlabel: str = "", limit: int = MAX_BARS) -> int:
+    """Bars of already ranked ``values`` (largest first, at most ``limit``) with ``(low, high)`` interval whiskers;
+    returns how many were drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = min(limit, len(values))
+    vals = np.asarray(values, dtype=np.float64)[:k]
+    iv = np.asarray(intervals, dtype=np.float64).reshape(-1, 2)[:k]
+    lo = np.clip(vals - iv[:, 0], 0, None)
+    hi = np.clip(iv[:, 1] - vals, 0, None)
+    fig = Figure(figsize=(8.0, min(max(2.4, 0.26 * k + 1.4), 12.5)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(k)[::-1]
+    ax.barh(y, vals, color="#2563eb", xerr=np.vstack([lo, hi]), ecolor="#374151", capsize=2,
+            error_kw={"lw": 0.8})
+    ax.set_yticks(y)
+    ax.set_yticklabels(short_names(list(names)[:k]), fontsize=8 if k > 20 else 9)
+    ax.set_ylim(-0.7, k - 0.3)
+    ax.set_xlabel(xlabel)
+    if k < len(values):
+        title = f"{title} (top {k} of {len(values)})"
+    ax.set_title(title, fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    from .writers import atomic_write
+
+    atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, format="png"), True)
+    return int(k)

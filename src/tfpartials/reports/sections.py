@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import InputError
+from .._tracing import short_reason
 from .records import Section
 
 __all__ = ["RUNNERS", "ATTRIBUTED_IMAGES", "ATTRIBUTED_ROWS"]
@@ -446,19 +448,182 @@ def check(plan, sec: Section, directory: Path | None, results: dict) -> None:
     results["summary"]["check_passed"] = bool(report.passed)
 
 
+# ----------------------------------------------------------------------------------------- uncertainty
+_CLASSIFICATION = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy")
+
+
+def _class_labels(y, loss_name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if loss_name == "categorical_crossentropy":
+        return y.argmax(axis=-1)
+    return y.reshape(-1).astype(np.int64) if loss_name == "binary_crossentropy" else y.reshape(-1)
+
+
 def uncertainty(plan, sec: Section, directory: Path | None, results: dict) -> None:
-    """MAP vs Laplace calibration on held-out data (see :mod:`tfpartials.bayes`)."""
-    sec.status, sec.reason = "skipped", "no held-out data given (--eval)"
+    """MAP vs Laplace calibration on held-out data: last-layer KFAC Laplace, probit predictive.
+
+    Needs ``eval_data`` (``--eval``) and a classification loss. The Laplace fit is one pass over the training
+    data for the Kronecker factors of the last layer, then its prior precision is set by the evidence; the
+    predictive costs one Jacobian of the outputs per held-out example.
+    """
+    from ..bayes import Laplace, calibration
+
+    loss_name = plan.loss.name
+    if plan.eval_data is None:
+        sec.status, sec.reason = "skipped", "no held-out data given (--eval / eval_data=)"
+        return
+    if loss_name not in _CLASSIFICATION:
+        sec.status, sec.reason = "skipped", (f"calibration needs a classification loss, got {loss_name!r}")
+        return
+    per_example, trace = _gradient_costs(plan)
+    outputs = int(np.prod([d or 1 for d in plan.model.output_shape[1:]])) if hasattr(plan.model, "output_shape") else 1
+    asked_train = plan.data.num_examples
+    train_n = plan.fit(sec, "Laplace training examples", asked_train, 2 * per_example, fixed=3 * trace,
+                       minimum=min(asked_train, plan.data.batch_size), unit="example", share=0.5)
+    train = plan.subset(plan.round_to_batches(train_n)) if train_n < asked_train else plan.data
+    ev = plan.eval_data
+    x_eval, y_eval = ev.first(ev.num_examples)
+    eval_n = plan.fit(sec, "held-out examples", ev.num_examples, (outputs + 1) * per_example, fixed=2 * trace,
+                      minimum=min(ev.num_examples, 16), unit="example")
+    x_eval = [a[:eval_n] for a in x_eval] if isinstance(x_eval, list) else x_eval[:eval_n]
+    labels = _class_labels(np.asarray(y_eval)[:eval_n], loss_name)
+    structure = "kfac"
+    try:
+        la = Laplace(plan.model, train, likelihood="classification", subset="last_layer", structure=structure,
+                     loss=plan.loss, seed=plan.seed("uncertainty"), quiet=True)
+    except Exception as exc:  # noqa: BLE001 - a model KFAC cannot take: the diagonal GGN serves as well here
+        structure = "diag"
+        sec.notes.append(f"the Kronecker-factored (KFAC) last-layer posterior failed on this model "
+                         f"({short_reason(exc, 160)}); using the diagonal GGN posterior instead")
+        la = Laplace(plan.model, train, likelihood="classification", subset="last_layer", structure=structure,
+                     loss=plan.loss, seed=plan.seed("uncertainty"), quiet=True)
+    la.optimize_prior_precision("marglik")
+    map_cal = calibration(la.predict_map(x_eval), labels)
+    la_cal = calibration(la.predictive(x_eval, link="probit").probs, labels)
+    prior = la.prior_precision
+    rows = []
+    for metric in ("nll", "ece", "mce", "brier", "accuracy"):
+        rows.append({"metric": metric, "map": _f(getattr(map_cal, metric)), "laplace": _f(getattr(la_cal, metric))})
+    sec.results = {"structure": structure, "subset": "last_layer", "link": "probit",
+                   "num_parameters": int(la.n_params), "num_train": int(train.num_examples),
+                   "num_eval": int(len(labels)),
+                   "prior_precision": _f(prior) if np.ndim(prior) == 0 else np.asarray(prior, np.float64).tolist(),
+                   "log_marginal_likelihood": _f(la.log_marginal_likelihood()), "calibration": rows}
+    results["summary"]["laplace_ece"] = _f(la_cal.ece)
+    if directory is not None:
+        from ..bayes import plot_reliability
+
+        plot_reliability({"MAP": map_cal, "Laplace": la_cal}, directory / "uncertainty.png",
+                         title=f"Reliability on held-out data: MAP vs Laplace (last layer, {structure})")
+        sec.plots.append({"file": "uncertainty.png",
+                          "caption": "Accuracy against confidence on held-out data: the diagonal is perfect "
+                                     "calibration; bars below it are over-confident. Laplace widens the MAP "
+                                     "network's predictions by its last layer's posterior uncertainty."})
+
+
+# -------------------------------------------------------------------------------------------- influence
+INFLUENCE_TEST = 4      # test examples whose most helpful / harmful training examples are listed
+INFLUENCE_TOP = 3
+INFLUENCE_TRAIN = 1024  # most training examples scored
 
 
 def influence(plan, sec: Section, directory: Path | None, results: dict) -> None:
-    """Most helpful and harmful training examples for a few test examples, and self-influence."""
-    sec.status, sec.reason = "skipped", "not available yet"
+    """Most helpful and harmful training examples for a few test examples, and the self-influence histogram.
+
+    EK-FAC curvature (one pass for its factors, then per-example gradients): cheap at any size; models with
+    layers EK-FAC does not cover fall back to TracIn (gradient dot products, no curvature) and say so.
+    """
+    from ..influence import influence as influence_scores
+    from ..influence import self_influence
+    from .plots_gradients import histogram
+
+    per_example, trace = _gradient_costs(plan)
+    asked = min(INFLUENCE_TRAIN, plan.data.num_examples)
+    # gradients of every training example twice (scores and self-influence) plus the factors' pass
+    n_train = plan.fit(sec, "influence training examples", asked, 4 * per_example, fixed=4 * trace,
+                       minimum=min(asked, 2 * plan.data.batch_size), unit="example")
+    train = plan.subset(plan.round_to_batches(n_train))
+    source = plan.eval_data if plan.eval_data is not None else plan.data
+    tx, ty = source.first(INFLUENCE_TEST)
+    test_from = "held-out" if plan.eval_data is not None else "training"
+    common = dict(loss=plan.loss, damping=1e-3, quiet=True, wrt=plan.settings["wrt"])
+    method = "ekfac"
+    try:
+        res = influence_scores(plan.model, train, (tx, ty), method=method, **common)
+    except (InputError, NotImplementedError, ValueError) as exc:
+        method = "tracin"
+        sec.notes.append(f"EK-FAC does not cover this model ({short_reason(exc, 160)}); influence by TracIn "
+                         "(gradient dot products, no curvature)")
+        res = influence_scores(plan.model, train, (tx, ty), method=method, **common)
+    top = res.top(INFLUENCE_TOP)
+    rows = []
+    for j in range(res.num_test):
+        rows.append({"test_example": j, "helpful": [int(i) for i in top.helpful[j]],
+                     "helpful_scores": [_f(v) for v in top.helpful_scores[j]],
+                     "harmful": [int(i) for i in top.harmful[j]],
+                     "harmful_scores": [_f(v) for v in top.harmful_scores[j]]})
+    selfi = self_influence(plan.model, train, method=method, **common)
+    scores = np.asarray(selfi.scores, np.float64)
+    counts, edges = histogram(scores)
+    order = np.argsort(-scores, kind="stable")[:10]
+    sec.results = {"method": method, "damping": 1e-3, "num_train": int(train.num_examples),
+                   "test_examples_from": test_from, "definition": res.definition, "top": rows,
+                   "self_influence": {**_stats(scores),
+                                      "highest": [{"example": int(i), "score": _f(scores[i])} for i in order]},
+                   "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
+    if directory is not None:
+        from .plots_gradients import plot_norm_histogram
+
+        plot_norm_histogram(counts, edges, directory / "self_influence.png", title="Self-influence of "
+                            "training examples", xlabel="self-influence (predicted rise of its own loss if left out)")
+        sec.plots.append({"file": "self_influence.png",
+                          "caption": "Self-influence of each training example: the far right tail holds the "
+                                     "examples the model fits against the rest (often mislabelled). The table "
+                                     "lists, for a few test examples, the training rows that helped and harmed "
+                                     "their loss most."})
+
+
+# ------------------------------------------------------------------------------------------ sensitivity
+SENSITIVITY_ROWS = 2048
 
 
 def sensitivity(plan, sec: Section, directory: Path | None, results: dict) -> None:
-    """Ranked derivative-based global sensitivity measures (DGSM) of a tabular model's inputs."""
-    sec.status, sec.reason = "skipped", "not available yet"
+    """Derivative-based global sensitivity (DGSM) of a tabular model's output to each input feature, ranked,
+    with bootstrap intervals, over the data as a sample of the inputs."""
+    from ..inputs.sensitivity import sensitivity as dgsm
+
+    if plan.kind != "tabular":
+        sec.status, sec.reason = "skipped", "sensitivity ranks input features: for tabular models only"
+        return
+    per_example, trace = _gradient_costs(plan)
+    rows = plan.fit(sec, "sensitivity rows", min(SENSITIVITY_ROWS, plan.data.num_examples), 2 * per_example,
+                    fixed=trace, minimum=min(plan.data.num_examples, 64), unit="row")
+    x, _ = plan.data.first(rows)
+    out_size = int(np.prod([d or 1 for d in plan.model.output_shape[1:]]))
+    component, which = None, "the output"
+    if out_size > 1:
+        pred = np.asarray(plan.model(np.asarray(x[:256]), training=False)).reshape(min(256, len(x)), -1)
+        component = int(np.bincount(pred.argmax(axis=1), minlength=out_size).argmax())
+        which = f"output unit {component} (the class predicted most often)"
+    names = plan.feature_names or [f"x[{i}]" for i in range(x.shape[1])]
+    res = dgsm(plan.model, x, component=component, feature_names=names, seed=plan.seed("sensitivity"),
+               n_bootstrap=500, quiet=True)
+    order = res.ranking()
+    table = [{"feature": res.names[i], "dgsm": _f(res.dgsm[i]), "dgsm_low": _f(res.dgsm_interval[i, 0]),
+              "dgsm_high": _f(res.dgsm_interval[i, 1]), "share": _f(res.share[i]), "mean_abs": _f(res.mean_abs[i]),
+              "mean": _f(res.mean[i])} for i in order]
+    sec.results = {"num_rows": int(len(x)), "of": which, "output_variance": _f(res.variance),
+                   "confidence": 0.95, "per_feature": table}
+    if directory is not None:
+        from .plots_layers import plot_ranked_intervals
+
+        plot_ranked_intervals([r["feature"] for r in table], [r["dgsm"] for r in table],
+                              [(r["dgsm_low"], r["dgsm_high"]) for r in table], directory / "sensitivity.png",
+                              title=f"DGSM of {which}", xlabel="E[(df/dx_i)^2] with 95% bootstrap interval")
+        sec.plots.append({"file": "sensitivity.png",
+                          "caption": "Input features ranked by the mean squared derivative of the output over "
+                                     "the data (derivative-based global sensitivity), with bootstrap intervals: "
+                                     "overlapping intervals mean the ranking between them is not settled."})
 
 
 RUNNERS = {"gradients": gradients, "per_example": per_example, "curvature": curvature,

@@ -48,9 +48,10 @@ def build_demo(out, *, quick: bool = False, seed: int = 0, quiet: bool = False, 
     digits = digits_cnn(epochs=5 if quick else 15, seed=0)
     say("demo: loading (or training) the diabetes MLP ...")
     tab = diabetes_mlp(epochs=20 if quick else 60, seed=0)
+    cut = int(0.6 * len(digits.x))  # the report's data, and held-out images for the uncertainty section
     plans = [
-        ("digits", plan_report(digits.model, (digits.x, digits.y), "sparse_categorical_crossentropy",
-                               from_logits=True, seed=seed, quiet=quiet,
+        ("digits", plan_report(digits.model, (digits.x[:cut], digits.y[:cut]), "sparse_categorical_crossentropy",
+                               from_logits=True, seed=seed, quiet=quiet, eval_data=(digits.x[cut:], digits.y[cut:]),
                                title="Digits CNN on scikit-learn's handwritten digits (held-out images)",
                                **settings)),
         ("tabular", plan_report(tab.model, (tab.x, tab.y), "mse", feature_names=tab.feature_names, seed=seed,

@@ -1,4 +1,4 @@
-"""tfpartials report MODEL --data D [--loss L] --out DIR [--skip SECTION]... [--top-k K] [--num-matvecs M] [--seed S]"""
+"""tfpartials report MODEL --data D [--eval E] [--loss L] --out DIR [--skip SECTION]... [--time-budget S] [--seed S]"""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ HELP = "the whole picture in one HTML report: gradients, curvature, attributions
 DESCRIPTION = (
     "Writes DIR/index.html (self-contained: plots embedded, opens offline), DIR/results.json (every number, "
     "with provenance) and the plots as PNGs. Sections: gradients, per-example, curvature (alias spectrum), "
-    "attributions, check; skip any with --skip. Bad input fails before any work with exit 2 and no DIR; a "
+    "attributions, uncertainty (with --eval held-out data), influence, sensitivity (tabular), check; skip any "
+    "with --skip. Each section plans its work from the measured cost of one product to fit its share of "
+    "--time-budget and says what it reduced. Bad input fails before any work with exit 2 and no DIR; a "
     "section that fails is shown in the report and the others still run.")
 
-SKIP_CHOICES = ["gradients", "per-example", "curvature", "spectrum", "attributions", "check"]
+SKIP_CHOICES = ["gradients", "per-example", "curvature", "spectrum", "attributions", "uncertainty", "influence",
+                "sensitivity", "check"]
 
 
 def add_arguments(p) -> None:
@@ -18,6 +21,9 @@ def add_arguments(p) -> None:
 
     add_model_args(p)
     add_data_args(p)
+    p.add_argument("--eval", default=None, metavar="E",
+                   help="held-out data (same format as --data) for the uncertainty section: MAP vs Laplace "
+                        "calibration")
     p.add_argument("--out", required=True, metavar="DIR", help="report directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     p.add_argument("--skip", action="append", default=[], metavar="SECTION", choices=SKIP_CHOICES,
@@ -31,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--probe-examples", type=int, default=DEFAULT_PROBE_EXAMPLES, metavar="N",
                    help=f"examples in the curvature probe batch (default {DEFAULT_PROBE_EXAMPLES})")
     p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET, metavar="SECONDS",
-                   help=f"skip sections not started within this time (default {DEFAULT_TIME_BUDGET:g})")
+                   help="seconds for the whole report; sections size their work to fit "
+                        f"(default {DEFAULT_TIME_BUDGET:g})")
     p.add_argument("--title", default=None, help="title of the report page")
 
 
@@ -45,7 +52,7 @@ def run(args) -> int:
         overwrite=args.overwrite, batch_size=args.batch_size, max_examples=args.max_examples,
         probe_examples=args.probe_examples, wrt=args.wrt, precision=args.precision,
         from_logits=args.from_logits, target=args.target, allow_nan=args.allow_nan, trust=args.trust,
-        title=args.title, strategy=current_strategy())
+        title=args.title, strategy=current_strategy(), eval_data=args.eval)
     print_summary(args, results, f"{args.out}/index.html")
     return 0
 
