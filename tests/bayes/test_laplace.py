@@ -271,6 +271,9 @@ def test_errors(regression_data, overconfident):
     la = tp.Laplace(model, (X, y), likelihood="regression", structure="lowrank", rank=2)
     with pytest.raises(InputError, match="lowrank' needs a scalar prior"):
         la.log_marginal_likelihood(prior_precision=[1.0, 2.0, 3.0, 4.0])
+    la.prior_precision = [1.0]   # one value per layer
+    with pytest.raises(InputError, match="lowrank' needs a scalar prior precision; set one first"):
+        la.optimize_prior_precision("marglik")
     with pytest.raises(InputError, match="regression uses the Gaussian GLM predictive"):
         la.predictive(Xs, link="probit")
     with pytest.raises(InputError, match="needs val_data"):

@@ -2,6 +2,7 @@
 
 from .calibration import CalibrationResult, calibration, plot_reliability, reliability_figure
 from .laplace import Laplace, LaplacePrediction
+from .summary import uncertainty_summary
 
 __all__ = ["Laplace", "LaplacePrediction", "calibration", "CalibrationResult", "plot_reliability",
-           "reliability_figure"]
+           "reliability_figure", "uncertainty_summary"]

@@ -97,10 +97,11 @@ def _ggn_step(obj: Objective, num_out: int, full: bool):
                 g = t2.gradient(total, z, unconnected_gradients=_ZERO)
             lam = t1.batch_jacobian(g, z, unconnected_gradients=_ZERO)  # (B, C, C)
             w = tf.cast(mask, obj.dtype)
-            lj = tf.einsum("bcd,bdp->bcp", lam, J)
+            lj = tf.matmul(lam, J) * w[:, None, None]                     # masked Lam_b J_b (B, C, P)
             if full:
-                return tf.einsum("b,bcp,bcq->pq", w, J, lj), tf.reduce_sum(w * per)
-            return tf.einsum("b,bcp,bcp->p", w, J, lj), tf.reduce_sum(w * per)
+                rows = tf.reshape(J, [-1, tf.shape(J)[-1]])
+                return tf.matmul(rows, tf.reshape(lj, tf.shape(rows)), transpose_a=True), tf.reduce_sum(w * per)
+            return tf.reduce_sum(J * lj, axis=[0, 1]), tf.reduce_sum(w * per)
         return step
     return obj.function(f"laplace/ggn/{num_out}/{'full' if full else 'diag'}", build)
 

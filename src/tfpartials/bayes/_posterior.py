@@ -88,7 +88,9 @@ class DensePosterior:
 
     def functional_covariance(self, J: np.ndarray, s: float, p: np.ndarray) -> np.ndarray:
         cov = self.covariance(s, p)
-        return np.einsum("bcp,pq,bdq->bcd", J, cov, J)
+        B, C, P = J.shape
+        JS = (J.reshape(B * C, P) @ cov).reshape(B, C, P)   # one GEMM, then (C x C) per example
+        return np.matmul(JS, np.swapaxes(J, 1, 2))
 
     def variance(self, s: float, p: np.ndarray) -> np.ndarray:
         return np.diag(self.covariance(s, p)).copy()
@@ -127,7 +129,7 @@ class DiagPosterior:
         return 1.0 / self._lam(s, p)
 
     def functional_covariance(self, J, s, p):
-        return np.einsum("bcp,p,bdp->bcd", J, self.variance(s, p), J)
+        return np.matmul(J * self.variance(s, p), np.swapaxes(J, 1, 2))
 
     def sample(self, z, s, p):
         return z / np.sqrt(self._lam(s, p))[:, None]
@@ -160,8 +162,9 @@ class LowRankPosterior:
 
     def functional_covariance(self, J, s, p):
         d = self._delta(p)
-        JU = np.einsum("bcp,pk->bck", J, self.U)
-        return (np.einsum("bcp,bdp->bcd", J, J) - np.einsum("bck,k,bdk->bcd", JU, self._w(s, d), JU)) / d
+        JU = J @ self.U
+        JJ = np.matmul(J, np.swapaxes(J, 1, 2))
+        return (JJ - np.matmul(JU * self._w(s, d), np.swapaxes(JU, 1, 2))) / d
 
     def sample(self, z, s, p):
         d = self._delta(p)
@@ -233,11 +236,11 @@ class KronPosterior:
             Jb = J[:, :, f.indices].reshape(B * C, -1)
             if f.kind == "kronecker":
                 R = Jb.reshape(B * C, f.QA.shape[0], f.QB.shape[0])
-                T = np.einsum("ia,mij,jb->mab", f.QA, R, f.QB).reshape(B, C, -1)   # rows in the eigenbasis
-                out += np.einsum("bck,k,bdk->bcd", T, 1.0 / lam.reshape(-1), T)
+                T = (np.swapaxes(R @ f.QB, 1, 2) @ f.QA).swapaxes(1, 2).reshape(B, C, -1)   # QA^T R QB
+                out += np.matmul(T / lam.reshape(-1), np.swapaxes(T, 1, 2))
             else:
                 Jr = Jb.reshape(B, C, -1)
-                out += np.einsum("bck,k,bdk->bcd", Jr, 1.0 / lam, Jr)
+                out += np.matmul(Jr / lam, np.swapaxes(Jr, 1, 2))
         return out
 
     def sample(self, z, s, p):

@@ -372,6 +372,9 @@ class Laplace:
             raise InputError("optimize_prior_precision('marglik') optimises a scalar or per-layer prior precision; "
                              "set a scalar first (la.prior_precision = 1.0)")
         per_layer = self._prior_kind == "layer"
+        if per_layer and self.structure == "lowrank":
+            raise InputError("structure='lowrank' needs a scalar prior precision; set one first "
+                             "(la.prior_precision = 1.0)")
 
         def neg(log_delta, log_sigma=None):
             sigma = self.sigma_noise if log_sigma is None else math.exp(log_sigma)

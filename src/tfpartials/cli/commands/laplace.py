@@ -59,49 +59,16 @@ def _validate(args) -> None:
         raise InputError("--optimize gridsearch needs validation data: --val VAL")
 
 
-def _likelihood(args) -> str:
-    from ..._checks import InputError
-
-    if args.likelihood is not None:
-        return args.likelihood
-    if args._loss.name in ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy"):
-        return "classification"
-    if args._loss.name == "mse":
-        return "regression"
-    raise InputError(f"cannot tell the likelihood from loss {args._loss.name!r}; use a cross-entropy or mse loss "
-                     "(--loss) or pass --likelihood")
-
-
 def _subset(args):
     if args.wrt:
         return list(args.wrt)
     return "last_layer" if args.subset.replace("_", "-") == "last-layer" else args.subset
 
 
-def _regression_metrics(mean, var, y) -> dict:
-    import numpy as np
-
-    y = np.asarray(y, np.float64).reshape(mean.shape)
-    nll = float(np.mean(np.sum(0.5 * np.log(2 * np.pi * var) + 0.5 * (y - mean) ** 2 / var, axis=1)))
-    return {"nll": nll, "rmse": float(np.sqrt(np.mean((y - mean) ** 2)))}
-
-
-def _labels(y, loss_name: str):
-    import numpy as np
-
-    y = np.asarray(y)
-    if loss_name == "categorical_crossentropy":
-        return y.argmax(axis=-1)
-    if loss_name == "binary_crossentropy":
-        return y.reshape(-1).astype(np.int64)
-    return y.reshape(-1)
-
-
 def run(args) -> int:
-    import numpy as np
-
-    from ...bayes import Laplace, calibration, plot_reliability
-    from ...io.data import load_data
+    from ..._checks import InputError
+    from ...bayes import plot_reliability
+    from ...bayes.summary import likelihood_for, uncertainty_summary
     from ...reports.writers import check_output_path, save_json
     from ..common import load_model_and_data, print_table
 
@@ -110,53 +77,26 @@ def run(args) -> int:
         if path:
             check_output_path(path, args.overwrite)
     model, data = load_model_and_data(args)
-    likelihood = _likelihood(args)
+    likelihood = args.likelihood or likelihood_for(args._loss.name)
     if args.plot and likelihood == "regression":
-        from ..._checks import InputError
-
         raise InputError("--plot draws a reliability diagram, which needs --likelihood classification")
-    test = load_data(args.eval, target=args.target, model=model, loss_name=args._loss.name,
-                     allow_nan=args.allow_nan)
-    x_test, y_test = test.arrays()
-    la = Laplace(model, data, likelihood=likelihood, subset=_subset(args), structure=args.structure,
-                 prior_precision=args.prior_precision, sigma_noise=args.sigma_noise, loss=args._loss,
-                 rank=args.rank, batch_size=args.batch_size, precision=args.precision,
-                 max_memory=args.max_memory, seed=args.seed, quiet=args.quiet)
-    if args.optimize == "marglik":
-        la.optimize_prior_precision("marglik", optimize_sigma=likelihood == "regression")
-    elif args.optimize == "gridsearch":
-        val = load_data(args.val, target=args.target, model=model, loss_name=args._loss.name,
-                        allow_nan=args.allow_nan)
-        la.optimize_prior_precision("gridsearch", val_data=val.arrays(), link=args.link, n_samples=args.samples)
-    prior = la.prior_precision
-    result: dict = {"likelihood": likelihood, "structure": args.structure, "subset": args.subset,
-                    "loss": args._loss.name, "parameters": la.space.names, "num_parameters": la.n_params,
-                    "num_train": la.num_examples, "num_eval": test.num_examples, "optimize": args.optimize,
-                    "prior_precision": prior if isinstance(prior, float) else np.asarray(prior).tolist(),
-                    "log_marginal_likelihood": la.log_marginal_likelihood(),
-                    "log_likelihood": la.log_likelihood()}
-    if likelihood == "regression":
-        result["sigma_noise"] = la.sigma_noise
-        pred = la.predictive(x_test)
-        result["map"] = _regression_metrics(pred.f_mean, np.full_like(pred.f_mean, la.sigma_noise**2), y_test)
-        result["laplace"] = _regression_metrics(pred.mean, pred.variance, y_test)
-        keys = ["nll", "rmse"]
-    else:
-        labels = _labels(y_test, args._loss.name)
-        map_cal = calibration(la.predict_map(x_test), labels, bins=args.bins)
-        probs = la.predictive(x_test, link=args.link, n_samples=args.samples, seed=args.seed).probs
-        la_cal = calibration(probs, labels, bins=args.bins)
-        result["link"] = args.link
-        result["map"], result["laplace"] = map_cal.as_dict(), la_cal.as_dict()
-        keys = ["nll", "ece", "mce", "brier", "accuracy"]
+    result, la, cals = uncertainty_summary(
+        model, data, args.eval, likelihood=likelihood, subset=_subset(args), structure=args.structure,
+        optimize=args.optimize, val_data=args.val, prior_precision=args.prior_precision,
+        sigma_noise=args.sigma_noise, link=args.link, n_samples=args.samples, bins=args.bins, loss=args._loss,
+        seed=args.seed, target=args.target, rank=args.rank, batch_size=args.batch_size, precision=args.precision,
+        max_memory=args.max_memory, quiet=args.quiet)
+    result["subset"] = args.subset
     if not args.quiet:
+        keys = ["nll", "rmse"] if likelihood == "regression" else ["nll", "ece", "mce", "brier", "accuracy"]
         rows = [[k, result["map"][k], result["laplace"][k]] for k in keys]
         rows.append(["log marginal likelihood", "", result["log_marginal_likelihood"]])
+        prior = la.prior_precision
         print_table(args, f"MAP vs Laplace ({args.structure}, {la.n_params} parameters, prior precision "
                     f"{prior if isinstance(prior, float) else 'per layer'})", ["held-out", "MAP", "Laplace"], rows)
     if args.out:
         save_json(args.out, result, overwrite=args.overwrite)
     if args.plot:
-        plot_reliability({"MAP": map_cal, "Laplace": la_cal}, args.plot, overwrite=args.overwrite,
+        plot_reliability(cals, args.plot, overwrite=args.overwrite,
                          title=f"Reliability: MAP vs Laplace ({args.structure})")
     return 0
