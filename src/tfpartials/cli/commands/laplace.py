@@ -93,7 +93,7 @@ def run(args) -> int:
         rows.append(["log marginal likelihood", "", result["log_marginal_likelihood"]])
         prior = la.prior_precision
         print_table(args, f"MAP vs Laplace ({args.structure}, {la.n_params} parameters, prior precision "
-                    f"{prior if isinstance(prior, float) else 'per layer'})", ["held-out", "MAP", "Laplace"], rows)
+                    f"{f'{prior:.4g}' if isinstance(prior, float) else 'per layer'})", ["held-out", "MAP", "Laplace"], rows)
     if args.out:
         save_json(args.out, result, overwrite=args.overwrite)
     if args.plot:
