@@ -9,6 +9,7 @@ from contextlib import contextmanager
 __all__ = ["progress", "set_quiet"]
 
 _QUIET = False
+_TERMINAL: bool | None = None  # stderr is a terminal (set by the CLI when it filters stderr through a pipe)
 
 
 def set_quiet(quiet: bool = True) -> None:
@@ -26,7 +27,7 @@ def _enabled(total: int | None, quiet: bool, min_total: int) -> bool:
         return False
     if total is not None and total < min_total:
         return False
-    return sys.stderr.isatty()
+    return _TERMINAL if _TERMINAL is not None else sys.stderr.isatty()
 
 
 class _Null:
@@ -48,7 +49,7 @@ def progress(description: str, total: int | None, *, quiet: bool = False, unit: 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn(unit), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+                   TextColumn(unit), TimeElapsedColumn(), console=Console(stderr=True, force_terminal=_TERMINAL), transient=True)
 
     class _Task:
         def __init__(self, task_id):

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import re
 import signal
 import sys
 import threading
@@ -102,9 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     saved_show, saved_debug = warnings.showwarning, os.environ.get("TFPARTIALS_DEBUG")
+    native = _NativeStderrFilter() if "--debug" not in (argv if argv is not None else sys.argv[1:]) else None
     try:
+        if native is not None:
+            native.start()
         return _main(argv)
     finally:
+        if native is not None:
+            native.stop()
         warnings.showwarning = saved_show
         if saved_debug is None:
             os.environ.pop("TFPARTIALS_DEBUG", None)
@@ -155,6 +161,74 @@ def _main(argv: list[str] | None) -> int:
             raise
         sys.stderr.write(f"tfpartials: error: {_describe(exc)}\n")
         return EXIT_USAGE if _is_user_error(exc) else 3
+
+
+# TensorFlow's native start-up notices: absl's banner and INFO lines ("I0000 ... port.cc:153] oneDNN custom
+# operations are on ..."), which it prints whenever a new runtime component starts, whatever the log level
+_NATIVE_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called|I\d{4} \d\d:\d\d:"
+                           r"|To enable the following instructions: .*rebuild TensorFlow with)")
+
+
+class _NativeStderrFilter:
+    """Route file descriptor 2 through a pipe that drops TensorFlow's native INFO notices (nothing else).
+
+    Python's own writes to ``sys.stderr`` go through the same pipe, so their order is kept. Only active when
+    ``sys.stderr`` is the process's real stderr (not a test capture); progress bars still see a terminal.
+    """
+
+    def __init__(self):
+        self.saved: int | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        try:
+            if sys.stderr.fileno() != 2:
+                return
+        except (AttributeError, ValueError, OSError):  # replaced stderr (a test capture): leave it alone
+            return
+        from .. import _progress
+
+        if _progress._TERMINAL is None:
+            _progress._TERMINAL = sys.stderr.isatty()
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.thread = threading.Thread(target=self._pump, args=(read, self.saved), daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _pump(read: int, out: int) -> None:
+        buffer = b""
+        with os.fdopen(read, "rb", buffering=0) as src:
+            while True:
+                chunk = src.read(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not _NATIVE_NOISE.match(line.decode("utf-8", "replace")):
+                        os.write(out, line + b"\n")
+                if buffer and not buffer.startswith((b"I", b"W")):  # a partial line (progress bar): pass it on
+                    os.write(out, buffer)
+                    buffer = b""
+        if buffer and not _NATIVE_NOISE.match(buffer.decode("utf-8", "replace")):
+            os.write(out, buffer)
+
+    def stop(self) -> None:
+        if self.saved is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (ValueError, OSError):
+            pass
+        os.dup2(self.saved, 2)  # closes the pipe's last write end: the pump drains and ends
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        os.close(self.saved)
+        self.saved = None
 
 
 def _one_line_warnings() -> None:
