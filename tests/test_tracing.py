@@ -194,3 +194,10 @@ def test_real_cnns_take_the_exact_loop_for_parameter_derivatives():
             loss = tf.reduce_mean((model(x[i:i + 1]) - y[i:i + 1]) ** 2)
         np.testing.assert_allclose(pe["c0/kernel"][i], tape.gradient(loss, model.trainable_variables[0]).numpy(),
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_short_reason_skips_keras_argument_bullets():
+    exc = ValueError("Exception encountered when calling Conv2D.call().\n\n\x1b[1mNo kernel for shape (3,)\x1b[0m\n\n"
+                     "Arguments received by Conv2D.call():\n  \u2022 inputs=tf.Tensor(shape=(3,))\n  \u2022 kwargs={}")
+    text = short_reason(exc)
+    assert text.endswith("No kernel for shape (3,)") and "Conv2D" in text and "\u2022" not in text, text

@@ -191,7 +191,8 @@ def short_reason(exc: BaseException | None, limit: int = 240) -> str:
     if exc is None:
         return "no reason given"
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines()]
-    lines = [ln for ln in lines if ln]
+    cut = next((i for i, ln in enumerate(lines) if ln.startswith("Arguments received by")), len(lines))
+    lines = [ln for ln in lines[:cut] if ln and not ln.startswith("\u2022")]  # Keras' argument bullets: no cause
     name = type(exc).__name__
     text = f"{name}: {lines[-1]}" if lines else name
     for i in range(len(lines) - 1, -1, -1):
