@@ -9,6 +9,9 @@ os.environ.setdefault("TFPARTIALS_PROGRESS", "0")
 
 import tensorflow as tf  # noqa: E402
 
+# scripts run in subprocesses, never imported here (the JAX reference switches Keras' backend at import)
+collect_ignore = ["soundness/jax_reference.py", "soundness/isolated.py", "soundness/render.py", "distribute/_worker.py"]
+
 # Three logical CPU devices for the tf.distribute tests; must happen before TensorFlow runs any op.
 try:
     tf.config.set_logical_device_configuration(
