@@ -320,3 +320,22 @@ def test_einsum_dense_conv1d_and_embedding_single_example_blocks():
     K = KFACOperator(emb, (x, rng.normal(size=(1, 1))), loss="mse", precision="float64", quiet=True)
     assert [b.layer for b in K.blocks] == ["emb", "out"] and K.blocks[0].A.shape == (5, 5)
     assert K.blocks[0].A[3, 3] == 1.0 and np.count_nonzero(K.blocks[0].A) == 1
+
+
+def test_last_layer_of_a_cnn_leaves_untapped_layers_their_own_call_signature():
+    """Regression: layers outside ``wrt`` whose ``call`` takes no ``training`` (Conv2D, pooling) are re-evaluated
+    without it; last-layer KFAC of one example equals the exact GGN block of that layer."""
+    rng = np.random.default_rng(11)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3, padding="same",
+                                                                          activation="swish", name="conv"),
+                              keras.layers.AveragePooling2D(2, name="pool"), keras.layers.Dropout(0.5, name="drop"),
+                              keras.layers.Flatten(name="flat"), keras.layers.Dense(3, name="logits")])
+    for v in model.trainable_variables:
+        v.assign(rng.normal(size=v.shape) * 0.5)
+    x, y = rng.normal(size=(1, 4, 4, 1)), np.array([1])
+    K = KFACOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, wrt=["logits/*"],
+                     precision="float64", quiet=True)
+    (b,) = K.blocks
+    assert b.names == ("logits/kernel", "logits/bias") and K.n == 8 * 3 + 3
+    G = reference_ggn(model, x, "ce")[-K.n:, -K.n:]   # the Dense layer's variables are the last ones
+    np.testing.assert_allclose(b.to_dense(), G, rtol=1e-8, atol=1e-12)

@@ -14,6 +14,7 @@ sequence steps, convolution patches) and ``z`` whose gradient reshapes to ``(B, 
 
 from __future__ import annotations
 
+import inspect
 import string
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,6 +238,18 @@ def _activation(layer, z):
 
 
 # ------------------------------------------------------------------------------------------ the traversal
+def _accepts_training(layer) -> bool:
+    """Whether ``layer.call`` takes ``training=``: Keras' own rule (the flag it sets from the call signature at
+    construction, which its functional models also consult), the signature itself as a fallback."""
+    flag = getattr(layer, "_call_has_training_arg", None)
+    if flag is None:
+        try:
+            flag = "training" in inspect.signature(layer.call).parameters
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            flag = False
+    return bool(flag)
+
+
 def _is_graph_model(m) -> bool:
     from keras.src.models.functional import Functional
 
@@ -266,10 +279,10 @@ def tapped_forward(model, values: dict, x, tapped: dict, on_tap, training: bool 
         if isinstance(op, keras.Model):
             return lambda inp, *a, **k: tapped_forward(op, values, inp, tapped, on_tap, training)
         if isinstance(op, keras.layers.Layer):
+            extra = {"training": training} if _accepts_training(op) else {}
             if op.variables:
-                return lambda *a, **k: op.stateless_call(own(op, True), own(op, False), *a,
-                                                         **{**k, "training": training})[0]
-            return lambda *a, **k: op(*a, **{**k, "training": training})
+                return lambda *a, **k: op.stateless_call(own(op, True), own(op, False), *a, **{**k, **extra})[0]
+            return lambda *a, **k: op(*a, **{**k, **extra})
         return op
 
     if isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is None:
