@@ -34,7 +34,7 @@ __all__ = ["build_report", "plan_report", "run_plan", "ReportPlan", "DEFAULT_NUM
            "DEFAULT_PROBE_EXAMPLES", "normal_permissions"]
 
 DEFAULT_NUM_MATVECS = 60       # most matvecs of the trace; every layer's trace comes from the same probes
-DEFAULT_TIME_BUDGET = 120.0    # seconds; each section plans its work to fit its share, or is skipped
+DEFAULT_TIME_BUDGET = 60.0     # seconds for the sections; each plans its work to fit its share of it
 DEFAULT_PROBE_EXAMPLES = 256   # examples in the curvature probe batch
 DEFAULT_PER_EXAMPLE = 512      # examples whose individual gradients are measured
 DENSITY_PROBES, DENSITY_STEPS = 4, 30   # SLQ: probes x Lanczos steps
@@ -333,7 +333,7 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
     timing: dict[str, Any] = {}
     budget = float(plan.settings["time_budget_seconds"])
     plan.deadline = t0 + budget
-    todo = [k for k in SECTIONS if k not in plan.skip]
+    todo = [k for k in SECTIONS if k not in plan.skip and _applies(plan, k)]
     with captured_tf_logs():
         for i, key in enumerate(SECTIONS):
             later = sum(SECTION_WEIGHTS.get(k, 1.0) for k in todo if SECTIONS.index(k) >= i)
@@ -355,6 +355,17 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
         save_json(d / "results.json", results)
         write_html(results, d)
     return results
+
+
+def _applies(plan: ReportPlan, key: str) -> bool:
+    """False for a section that will skip itself at once (it gets no share of the time budget)."""
+    if key == "uncertainty":
+        return plan.eval_data is not None
+    if key == "sensitivity":
+        return plan.kind == "tabular"
+    if key == "attributions":
+        return plan.kind != "multi-input"
+    return True
 
 
 def _run_section(plan: ReportPlan, key: str, i: int, results: dict, timing: dict, d: Path | None, say,
@@ -438,15 +449,25 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
                  skip: Iterable[str] = (), top_k: int = 3, num_matvecs: int = DEFAULT_NUM_MATVECS, seed: int = 0,
                  time_budget: float = DEFAULT_TIME_BUDGET, quiet: bool = False,
                  feature_names: Sequence[str] | None = None, overwrite: bool = False, **options) -> dict[str, Any]:
-    """Gradients, per-example gradient norms, curvature, attributions and a finite-difference check, in one report.
+    """Gradients, per-example gradient norms, curvature, attributions, uncertainty, influence, sensitivity and a
+    finite-difference check, in one report sized to a time budget.
 
     Sections (each can be skipped by name): ``gradients`` (per-variable and per-layer norms of the dataset
-    loss gradient), ``per-example`` (distribution of per-example gradient norms), ``curvature`` (top-k Hessian
-    eigenvalues by Lanczos, Hutch++ trace overall and per layer, SLQ spectral density, on a probe batch),
-    ``attributions`` (saliency and integrated gradients), ``check`` (autodiff vs float64 central differences).
+    loss gradient), ``per-example`` (distribution of per-example gradient norms, per-layer SNR), ``curvature``
+    (top-k Hessian eigenvalues by Lanczos at tol 1e-3; the trace and every layer's trace from the same shared
+    probes, run to a 5% standard error; SLQ spectral density; on a probe batch), ``attributions`` (saliency and
+    integrated gradients), ``uncertainty`` (MAP vs Laplace calibration on ``eval_data``), ``influence``
+    (helpful/harmful training examples, self-influence), ``sensitivity`` (DGSM of tabular inputs) and
+    ``check`` (autodiff vs float64 central differences). A failing section is recorded; the others still run.
 
-    Cost: about one gradient pass over the data, ``per_example_examples`` single-example gradients, and
-    ``top_k + 20 + num_matvecs * (1 + layers) + 4 * 30`` Hessian-vector products on ``probe_examples`` examples.
+    Sizing: the budget is shared among the sections that apply (by fixed weights, unused time carrying over);
+    each section times one product (a gradient batch, a per-example batch, an HVP on one batch) and cuts its
+    examples, matvecs, steps or directions to fit its share, recording every cut in the section's ``reduced``
+    list and notes.
+
+    Cost: about ``time_budget`` seconds plus loading; at most one gradient pass over the data,
+    ``per_example_examples`` single-example gradients, and ``top_k + 20 + num_matvecs + density_probes *
+    density_steps`` Hessian-vector products on ``probe_examples`` examples.
 
     Args:
         model: a Keras model or a model file path (loaded safely; ``trust=True`` for formats that run code).
@@ -458,11 +479,12 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
         top_k: number of top Hessian eigenvalues.
         num_matvecs: Hutch++ matvecs for each trace estimate.
         seed: seed of every randomised estimator (same seed, same numbers).
-        time_budget: seconds; sections not started within it are skipped (and say so).
+        time_budget: seconds for the sections (default 60): each plans its work to fit its share; sections
+            not started within it are skipped (and say so).
         quiet: no progress output.
         feature_names: names of tabular input features (default: the CSV header).
         overwrite: replace an existing ``out_dir``.
-        **options: ``batch_size``, ``max_examples``, ``probe_examples``, ``per_example_examples``, ``wrt``,
+        **options: ``eval_data`` (held-out data for the uncertainty section), ``batch_size``, ``max_examples``, ``probe_examples``, ``per_example_examples``, ``wrt``,
             ``precision``, ``from_logits``, ``target`` (CSV columns), ``allow_nan``, ``trust``, ``title``,
             ``density_probes``, ``density_steps``, ``check_examples``, ``check_directions``, ``check_what``,
             ``strategy`` (a ``tf.distribute.Strategy`` for the dataset gradient and the Hessian products; same
