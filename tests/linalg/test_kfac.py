@@ -339,3 +339,63 @@ def test_last_layer_of_a_cnn_leaves_untapped_layers_their_own_call_signature():
     assert b.names == ("logits/kernel", "logits/bias") and K.n == 8 * 3 + 3
     G = reference_ggn(model, x, "ce")[-K.n:, -K.n:]   # the Dense layer's variables are the last ones
     np.testing.assert_allclose(b.to_dense(), G, rtol=1e-8, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ depthwise
+def _depthwise_model(rng, hw, stride=1, padding="valid"):
+    model = keras.Sequential([keras.Input((hw, hw, 2)),
+                              keras.layers.DepthwiseConv2D(3, strides=stride, padding=padding, depth_multiplier=2,
+                                                           activation="tanh", name="dw"),
+                              keras.layers.Flatten(), keras.layers.Dense(2, name="out")])
+    for v in model.trainable_variables:
+        v.assign(rng.normal(size=v.shape) * 0.5)
+    return model
+
+
+def test_depthwise_one_block_per_channel_equals_the_ggn_block_at_one_position():
+    rng = np.random.default_rng(12)
+    model = _depthwise_model(rng, 3)                   # 3x3 input, 3x3 kernel: one output position
+    x, y = rng.normal(size=(1, 3, 3, 2)), rng.normal(size=(1, 2))
+    G = reference_ggn(model, x, "mse")
+    for approx in ("expand", "reduce"):
+        K = KFACOperator(model, (x, y), loss="mse", kfac_approx=approx, precision="float64", quiet=True)
+        assert [b.layer for b in K.blocks] == ["dw[0]", "dw[1]", "out"]
+        assert [b.A.shape for b in K.blocks[:2]] == [(10, 10)] * 2 and K.blocks[0].B.shape == (2, 2)
+        assert sorted(np.concatenate([b.indices for b in K.blocks[:2]]).tolist()) == list(range(40))
+        for b in K.blocks:
+            np.testing.assert_allclose(b.to_dense(), G[np.ix_(b.indices, b.indices)], rtol=1e-8, atol=1e-12)
+    E = EKFACOperator(model, (x, y), loss="mse", fisher="empirical", precision="float64", quiet=True)
+    g = per_example_gradients(model, x, y, "mse")[0]
+    for b in E.blocks:                                   # one example: EKFAC = the gradient outer product
+        np.testing.assert_allclose(b.to_dense(), np.outer(g[b.indices], g[b.indices]), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_depthwise_factors_against_unfolded_reference(approx):
+    rng = np.random.default_rng(13)
+    model = _depthwise_model(rng, 5, stride=2, padding="same")
+    x, y = rng.normal(size=(4, 5, 5, 2)), rng.normal(size=(4, 2))
+    K = KFACOperator(model, (x, y), loss="mse", fisher="empirical", kfac_approx=approx, precision="float64",
+                     wrt=["dw"], quiet=True)
+    kernel, bias, W, w0 = (np.asarray(v, np.float64) for v in model.get_weights())
+    patches = _unfold(x, 3, 2, 1).reshape(len(x), -1, 9, 2)                 # (N, R, kh*kw, channel)
+    N, R = patches.shape[:2]
+    zs = tf.constant(np.einsum("nrkc,kcm->nrcm", patches, kernel.reshape(9, 2, 2)) + bias.reshape(2, 2))
+    with tf.GradientTape() as tape:   # the head after the pre-activation, written out: tanh, flatten, dense
+        tape.watch(zs)
+        total = tf.reduce_sum(tf.reduce_mean((tf.reshape(tf.tanh(zs), (N, -1)) @ W + w0 - y) ** 2, axis=1))
+    g = tape.gradient(total, zs).numpy()                                    # (N, R, channel, multiplier)
+    assert [b.layer for b in K.blocks] == ["dw[0]", "dw[1]"]
+    for c, b in enumerate(K.blocks):
+        a = np.concatenate([patches[:, :, :, c], np.ones((N, R, 1))], axis=2)
+        gc = g[:, :, c, :]
+        if approx == "expand":
+            A, B = np.einsum("nri,nrj->ij", a, a) / (N * R), np.einsum("nri,nrj->ij", gc, gc) / N
+        else:
+            am, gs = a.mean(1), gc.sum(1)
+            A, B = am.T @ am / N, gs.T @ gs / N
+        np.testing.assert_allclose(b.A, A, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b.B, B, rtol=1e-9, atol=1e-12)
+        # kernel[:, :, c, :] row-major then bias[c*2:(c+1)*2]: the flat positions of channel c's block
+        np.testing.assert_array_equal(b.indices, np.concatenate([
+            np.arange(36).reshape(9, 2, 2)[:, c, :].reshape(-1), 36 + 2 * c + np.arange(2)]))

@@ -7,9 +7,11 @@ parameter tensors (so the pre-activation ``z`` exists as a tensor the tape watch
 at hand); every other layer runs through its own ``stateless_call``. Nothing is patched or assigned, and the
 re-evaluation is checked against ``model.stateless_call`` on the first batch before it is trusted.
 
-A tapped layer yields ``a`` of shape ``(B, R, d_in)`` (its input features at ``R`` weight-sharing positions:
-sequence steps, convolution patches) and ``z`` whose gradient reshapes to ``(B, R, d_out)``, with
-``z[b, r, :] = a[b, r, :] @ W + bias`` and ``W`` the kernel reshaped to ``(d_in, d_out)``.
+A tapped layer yields ``a`` of shape ``(B, R, G, d_in)`` (its input features at ``R`` weight-sharing positions:
+sequence steps, convolution patches, for each of ``G`` independent groups) and ``z`` whose gradient reshapes to
+``(B, R, G, d_out)``, with ``z[b, r, g, :] = a[b, r, g, :] @ W_g + bias_g`` and ``W_g`` group ``g``'s slice of
+the kernel reshaped to ``(d_in, d_out)``. ``G = 1`` except for depthwise convolutions (one group per input
+channel: ``d_in = kh*kw``, ``d_out`` the depth multiplier).
 """
 
 from __future__ import annotations
@@ -41,13 +43,15 @@ class Tapped:
 
     layer: Any
     name: str                 # layer path, e.g. "block/dense_1"
-    kind: str                 # dense | einsum | conv | embedding
+    kind: str                 # dense | einsum | conv | depthwise | embedding
     kernel: Any               # keras variable or None (not selected)
     bias: Any                 # keras variable or None (absent or not selected)
     d_in: int
     d_out: int
-    kernel_order: np.ndarray  # row-major (d_in, d_out) position -> index into the kernel's own flattening
+    kernel_order: np.ndarray  # ([G,] d_in * d_out): row-major (d_in, d_out) position of group g -> kernel index
     extra: dict = field(default_factory=dict)
+    groups: int = 1           # G: independent Kronecker blocks of this layer (depthwise: input channels)
+    bias_order: np.ndarray | None = None  # (G, d_out): bias index of each group's output (default: arange)
 
     @property
     def d_a(self) -> int:
@@ -119,7 +123,7 @@ def find_layers(model, space) -> tuple[list[Tapped], list[tuple[str, Any]]]:
     for v, n in zip(space.variables, space.names):
         if id(v) not in claimed:
             raise InputError(f"KFAC: parameter {n!r} belongs to a layer without a Kronecker-factored form "
-                             "(supported: Dense, EinsumDense, Conv1D/2D, Embedding; "
+                             "(supported: Dense, EinsumDense, Conv1D/2D, DepthwiseConv2D, Embedding; "
                              "normalisation layers get their exact diagonal); exclude it with wrt=...")
     return tapped, diagonal
 
@@ -151,6 +155,15 @@ def _spec(layer, path: str, selected: dict) -> Tapped | None:
                                  "kernel's output axes; exclude its bias with wrt=...")
         return Tapped(layer, path, "einsum", sel(kernel), bias, d_in, d_out,
                       _kernel_order(shape, ax_in, ax_out), {"plan": plan})
+    if isinstance(layer, _classes("DepthwiseConv2D")):
+        if layer.data_format != "channels_last":
+            raise InputError(f"KFAC: convolution {path!r} uses data_format={layer.data_format!r}; only "
+                             "channels_last is supported")
+        kh, kw, c_in, mult = (int(s) for s in layer.kernel.shape)
+        order = np.arange(kh * kw * c_in * mult).reshape(kh * kw, c_in, mult).transpose(1, 0, 2)
+        return Tapped(layer, path, "depthwise", sel(layer.kernel), bias, kh * kw, mult,
+                      order.reshape(c_in, -1), groups=c_in,
+                      bias_order=np.arange(c_in * mult).reshape(c_in, mult))
     conv_classes = _classes("Conv1D", "Conv2D")
     if isinstance(layer, conv_classes) and not isinstance(layer, _classes("Conv1DTranspose", "Conv2DTranspose",
                                                                           "DepthwiseConv1D", "DepthwiseConv2D",
@@ -196,7 +209,8 @@ def _conv(x, kernel, layer):
 
 
 def _linear(spec: Tapped, x, kernel, bias):
-    """``(a (B, R, d_in), z, to_rows)``: features, pre-activation output, ``g -> (B, R, d_out)``."""
+    """``(a, z, to_rows)``: features ``(B, R, d_in)``, pre-activation output, ``g -> (B, R, d_out)``; for a
+    depthwise convolution ``(B, R, G, d_in)`` and ``g -> (B, R, G, d_out)``."""
     layer = spec.layer
     if spec.kind == "embedding":
         idx = tf.cast(x, tf.int32)
@@ -225,6 +239,15 @@ def _linear(spec: Tapped, x, kernel, bias):
             return tf.reshape(g, (tf.shape(g)[0], -1, spec.d_out))
 
         return a, z, to_rows
+    if spec.kind == "depthwise":
+        G, k = spec.groups, spec.d_in
+        z = tf.nn.depthwise_conv2d(x, kernel, strides=[1, *layer.strides, 1], padding=layer.padding.upper(),
+                                   dilations=list(layer.dilation_rate))
+        if bias is not None:
+            z = z + bias
+        a = tf.reshape(_patches(x, layer), (tf.shape(x)[0], -1, k, G))  # patch order (kh, kw, c)
+        return (tf.transpose(a, (0, 1, 3, 2)), z,
+                lambda g: tf.reshape(g, (tf.shape(g)[0], -1, G, spec.d_out)))  # channel c*mult + m
     # convolution
     z = _conv(x, kernel, layer)
     if bias is not None:

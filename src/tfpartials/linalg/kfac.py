@@ -11,6 +11,15 @@ convolution patches; Grosse & Martens 2016, Eschenhagen et al. 2023) use "expand
 ``a_nr a_nr^T`` over positions, ``B`` sums over them) or "reduce" (``A`` from the position-mean of ``a_nr``,
 ``B`` from the position-sum of ``g_nr``). These are the conventions of curvlinops' ``KFACLinearOperator``.
 
+Depthwise convolutions (``DepthwiseConv2D``) get one Kronecker block per input channel ``c``: channel ``c``'s
+weights ``kernel[:, :, c, :]`` (with ``bias[c*m:(c+1)*m]``, ``m`` the depth multiplier) are an ordinary small
+convolution from the ``kh*kw`` patch of channel ``c`` alone to its ``m`` outputs, so ``A_c`` (``(kh*kw+1)^2``)
+and ``B_c`` (``m^2``) are the factors of that convolution, with expand/reduce as above. A single Kronecker
+product for the whole layer does not exist (the channels do not share one input), and the exact diagonal block
+would drop every correlation inside a channel; per-channel blocks keep those at ``C((kh*kw+1)^2 + m^2)``
+numbers and are exact (the GGN block of the channel) for one example and one output position. The blocks of
+channel ``c`` are labelled ``"<layer>[c]"``.
+
 Block layout: the block of a layer acts on the row-major flattening of its ``(d_in + 1, d_out)``
 kernel-with-bias (bias row last), so it is ``kron(A, B)`` on ``[kernel.ravel(), bias]``; that is exactly the
 operator's flat vector when kernel and bias are consecutive in the :class:`~tfpartials.params.ParameterSpace`
@@ -166,14 +175,21 @@ def _loss_columns(obj, flat, structure, outs, y, fisher):
     return evecs * tf.sqrt(tf.nn.relu(evals))[:, None, :]
 
 
+def _grouped(t):
+    """``(B, R, d) -> (B, R, 1, d)``; grouped layers (depthwise convolutions) already are ``(B, R, G, d)``."""
+    return t[:, :, None, :] if t.shape.rank == 3 else t
+
+
 def _features(spec: Tapped, a, approx):
-    """Input features with the ones of the bias; expand: (B, R, d_a); reduce: (B, 1, d_a) of position means."""
+    """Input features with the ones of the bias; expand: (B, R, G, d_a); reduce: (B, 1, G, d_a) of position
+    means."""
+    a = _grouped(a)
     parts = []
     if spec.kernel is not None:
         parts.append(a)
     if spec.bias is not None:
-        parts.append(tf.ones_like(a[:, :, :1]))
-    feats = tf.concat(parts, axis=2) if len(parts) > 1 else parts[0]
+        parts.append(tf.ones_like(a[..., :1]))
+    feats = tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
     if approx == "reduce":
         feats = tf.reduce_mean(feats, axis=1, keepdims=True)
     return feats
@@ -191,23 +207,23 @@ def _factor_kernel(obj, tapped, diag_idx, fisher, approx, factor, ekfac):
         feats = [_features(s, taps[s.name][0], approx) for s in tapped]
         wf = w * factor
         jacs = [tape.jacobian(flat, p, unconnected_gradients=tf.UnconnectedGradients.ZERO) for p in diag_params]
-        Bs = [tf.zeros((s.d_out, s.d_out), obj.dtype) for s in tapped]
-        Cs = [tf.zeros((s.d_a, s.d_out), obj.dtype) for s in tapped] if ekfac else []
+        Bs = [tf.zeros((s.groups, s.d_out, s.d_out), obj.dtype) for s in tapped]
+        Cs = [tf.zeros((s.groups, s.d_a, s.d_out), obj.dtype) for s in tapped] if ekfac else []
         Ds = [tf.zeros_like(params[i]) for i in diag_idx]
         for c in range(cols.shape[-1]):
             u = cols[:, :, c]
             gz = tape.gradient(flat, zs, output_gradients=u) if zs else []
             for k, (s, g) in enumerate(zip(tapped, gz)):
-                g = taps[s.name][2](g)
+                g = _grouped(taps[s.name][2](g))
                 if ekfac:  # the true per-example gradient sum_r a_r g_r^T, projected onto the eigenbasis
                     full = _features(s, taps[s.name][0], "expand")
-                    G = tf.einsum("bri,brj->bij", full, g)
-                    P = tf.einsum("ia,bij,jc->bac", bases[2 * k], G, bases[2 * k + 1])
-                    Cs[k] = Cs[k] + tf.einsum("b,bac->ac", wf, P * P)
+                    G = tf.einsum("brgi,brgj->bgij", full, g)
+                    P = tf.einsum("gia,bgij,gjc->bgac", bases[2 * k], G, bases[2 * k + 1])
+                    Cs[k] = Cs[k] + tf.einsum("b,bgac->gac", wf, P * P)
                     continue
                 if approx == "reduce":
                     g = tf.reduce_sum(g, axis=1, keepdims=True)
-                Bs[k] = Bs[k] + tf.einsum("b,bri,brj->ij", wf, g, g)
+                Bs[k] = Bs[k] + tf.einsum("b,brgi,brgj->gij", wf, g, g)
             for j, jac in enumerate(jacs):  # per-example gradient of <f_n, u_nc> w.r.t. the variable
                 J = tf.einsum("bc,bc...->b...", u, jac)
                 Ds[j] = Ds[j] + tf.tensordot(wf, J * J, [[0], [0]])
@@ -216,7 +232,7 @@ def _factor_kernel(obj, tapped, diag_idx, fisher, approx, factor, ekfac):
         As = []
         for f in feats:
             R = tf.cast(tf.shape(f)[1], obj.dtype)
-            As.append(tf.einsum("b,bri,brj->ij", w / R, f, f))
+            As.append(tf.einsum("b,brgi,brgj->gij", w / R, f, f))
         return As + Bs + Ds
 
     return fn
@@ -266,7 +282,8 @@ class KFACOperator(LinearOperator):
     square root of each example's output Hessian (one backward pass per output; exact GGN blocks for a single
     example), ``"mc"`` targets sampled from the model (``mc_samples`` per example, ``seed``; the Gaussian,
     Bernoulli and categorical likelihoods of mse and the cross-entropies) and ``"empirical"`` the observed
-    targets. Variables of normalisation layers get the exact diagonal of the same curvature; any other layer's
+    targets. Supported layers: Dense, EinsumDense, Conv1D/2D, DepthwiseConv2D (one block per channel, see the
+    module docstring) and Embedding. Variables of normalisation layers get the exact diagonal of the same curvature; any other layer's
     variable is an error naming it (leave it out with ``wrt=``). Regularisation: the model's regularisation
     losses are NOT included (an L2 penalty ``l * ||w||^2`` adds ``2 l I``: pass it as ``damping``).
     Negative eigenvalues of an output Hessian (non-convex losses) are clipped at zero, so K is always PSD.
@@ -336,8 +353,9 @@ class KFACOperator(LinearOperator):
         As, Bs, Ds = raw[:nt], raw[nt:2 * nt], raw[2 * nt:2 * nt + nd]
         blocks = []
         for s, A, B in zip(tapped, As, Bs):
-            blocks.append(KFACBlock(self._block_names(s), s.name, _sym(A), _sym(B), "kronecker", None,
-                                    self._block_indices(s)))
+            for g in range(s.groups):
+                blocks.append(KFACBlock(self._block_names(s), _block_label(s, g), _sym(A[g]), _sym(B[g]),
+                                        "kronecker", None, self._block_indices(s, g)))
         for (name, _), D in zip(diagonal, Ds):
             sl = obj.space.slice_of(name)
             blocks.append(KFACBlock((name,), name.rsplit("/", 1)[0], None, None, "diagonal",
@@ -354,8 +372,9 @@ class KFACOperator(LinearOperator):
         budget = DEFAULT_DENSE_LIMIT if max_memory is None else resolve_budget(max_memory)
         total = 0
         for s in tapped:
-            nbytes = 3 * 8 * (s.d_a ** 2 + s.d_out ** 2)  # factors, eigenvectors, working copies (float64)
-            require_fits(nbytes, budget, f"the Kronecker factors of layer {s.name!r} ({s.d_a}x{s.d_a} and "
+            nbytes = 3 * 8 * s.groups * (s.d_a ** 2 + s.d_out ** 2)  # factors, eigenvectors, working copies
+            what = f"{s.groups} x " if s.groups > 1 else ""
+            require_fits(nbytes, budget, f"the Kronecker factors of layer {s.name!r} ({what}{s.d_a}x{s.d_a} and "
                          f"{s.d_out}x{s.d_out})", "leave the layer out with wrt=... or raise max_memory")
             total += nbytes
         require_fits(total + 3 * 8 * n, budget, f"the Kronecker factors of {len(tapped)} layers",
@@ -365,16 +384,17 @@ class KFACOperator(LinearOperator):
         space_names = dict(zip(map(id, self.objective.space.variables), self.objective.space.names))
         return tuple(space_names[id(v)] for v in (s.kernel, s.bias) if v is not None)
 
-    def _block_indices(self, s: Tapped) -> np.ndarray:
+    def _block_indices(self, s: Tapped, group: int = 0) -> np.ndarray:
         space = self.objective.space
         names = dict(zip(map(id, space.variables), space.names))
         rows = []
         if s.kernel is not None:
             start = space.slice_of(names[id(s.kernel)]).start
-            rows.append((start + s.kernel_order).reshape(s.d_in, s.d_out))
+            rows.append((start + np.reshape(s.kernel_order, (s.groups, -1))[group]).reshape(s.d_in, s.d_out))
         if s.bias is not None:
             start = space.slice_of(names[id(s.bias)]).start
-            rows.append(start + np.arange(s.d_out)[None, :])
+            order = np.arange(s.d_out) if s.bias_order is None else s.bias_order[group]
+            rows.append(start + order[None, :])
         return np.concatenate(rows, axis=0).reshape(-1)
 
     def _check_reevaluation(self) -> None:
@@ -516,9 +536,12 @@ class EKFACOperator(KFACOperator):
         by_layer = {b.layer: b for b in kron}
         bases = []
         for s in self._tapped:
-            b = by_layer[s.name]
-            bases += [tf.constant(b.A_eig[1], self.dtype), tf.constant(b.B_eig[1], self.dtype)]
-        corrected = dict(zip([s.name for s in self._tapped], self._pass(ekfac=True, bases=bases)))
+            bs = [by_layer[_block_label(s, g)] for g in range(s.groups)]
+            bases += [tf.constant(np.stack([b.A_eig[1] for b in bs]), self.dtype),
+                      tf.constant(np.stack([b.B_eig[1] for b in bs]), self.dtype)]
+        corrected = {}
+        for s, C in zip(self._tapped, self._pass(ekfac=True, bases=bases)):
+            corrected.update({_block_label(s, g): C[g] for g in range(s.groups)})
         self.blocks = [b if b.kind == "diagonal" else
                        KFACBlock(b.names, b.layer, b.A, b.B, b.kind, None, b.indices, corrected[b.layer])
                        for b in self.blocks]
@@ -555,6 +578,11 @@ def _pi(la, lb) -> float:
     if ta <= 0 or tb <= 0:
         return 1.0
     return float(np.sqrt(ta / tb))
+
+
+def _block_label(s: Tapped, group: int) -> str:
+    """The ``layer`` of a block: the layer's path, with ``[c]`` for channel ``c`` of a depthwise convolution."""
+    return s.name if s.groups == 1 else f"{s.name}[{group}]"
 
 
 def _key(tapped) -> str:
