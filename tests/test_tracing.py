@@ -201,3 +201,16 @@ def test_short_reason_skips_keras_argument_bullets():
                      "Arguments received by Conv2D.call():\n  \u2022 inputs=tf.Tensor(shape=(3,))\n  \u2022 kwargs={}")
     text = short_reason(exc)
     assert text.endswith("No kernel for shape (3,)") and "Conv2D" in text and "\u2022" not in text, text
+
+
+def test_an_explicit_method_that_cannot_be_built_is_refused_in_one_line():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 2)), keras.layers.SimpleRNN(3, name="rnn"), keras.layers.Dense(1)])
+    x = np.random.default_rng(0).normal(size=(3, 4, 2)).astype("float32")
+    y = np.zeros((3, 1), "float32")
+    n = sum(int(np.prod(w.shape)) for w in model.trainable_variables)
+    with pytest.raises(tp.InputError, match="cannot compile Hessian-vector products by forward-over-reverse") as info:
+        tp.hvp(model, (x, y), np.ones(n, "float32"), loss="mse", method="forward")
+    assert "\n" not in str(info.value)
+    hv = tp.hvp(model, (x, y), np.ones(n, "float32"), loss="mse", method="reverse")  # the same numbers, exact
+    assert all(np.all(np.isfinite(v)) for v in hv.values())

@@ -191,7 +191,8 @@ class Fallback:
                     self.memo.forward_error = exc  # forward mode itself failed (not a missing pfor rule)
                 if len(available) == 1:
                     if self.exhausted == "unsupported":
-                        raise Unsupported(f"TensorFlow cannot compile {self.what} for this model "
+                        how = f" by {impl.name}" if len(self.implementations) == 1 else ""
+                        raise Unsupported(f"TensorFlow cannot compile {self.what}{how} for this model "
                                           f"({_reason(exc)})") from exc
                     raise
                 self.memo.failed.add(impl.name)

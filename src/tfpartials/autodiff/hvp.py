@@ -138,7 +138,7 @@ def ColumnKernel(obj: Objective, key: str, build: Callable[[str], Callable], met
     by_name = {_MODE_TEXT[m]: m for m in modes}
     impls = [Implementation(_MODE_TEXT[m], (lambda m=m: build(m)), vectorized=m != "loop", forward=m == "forward")
              for m in modes]
-    return Fallback(what, impls, model=obj.model, memo=shared,
+    return Fallback(what, impls, model=obj.model, memo=shared, exhausted="raise" if method == "auto" else "unsupported",
                     compile=lambda impl: obj.function(f"{key}/{by_name[impl.name]}", impl.build),
                     variant_of=lambda args: args[-1].shape[0] == 1)
 
