@@ -25,17 +25,19 @@ def _output_hessian(loss: str, out: np.ndarray) -> np.ndarray:
 
 
 def reference_ggn(model, x, loss: str) -> np.ndarray:
-    """(1/N) sum_n J_n^T H_n J_n in float64, J from tape.jacobian on a float64 clone (all trainable variables)."""
+    """(1/N) sum_n J_n^T H_n J_n in float64, J from one tape.jacobian of all N*C outputs on a float64 clone
+    (all trainable variables; inference mode, so example n's outputs depend on x_n only)."""
     clone = float64_clone(model)
     tv = clone.trainable_variables
-    G = 0.0
-    for xn in np.asarray(x, np.float64):
-        with tf.GradientTape() as tape:
-            out = tf.reshape(clone(xn[None], training=False), [-1])
-        jac = tape.jacobian(out, tv)
-        J = np.concatenate([np.reshape(j.numpy(), (out.shape[0], -1)) for j in jac], axis=1)
-        G = G + J.T @ _output_hessian(loss, out.numpy()) @ J
-    return G / len(x)
+    x = np.asarray(x, np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x)
+    with tf.GradientTape() as tape:
+        out = clone(x, training=False)
+        flat = tf.reshape(out, [-1])
+    jac = tape.jacobian(flat, tv)
+    N, C = len(x), flat.shape[0] // len(x)
+    J = np.concatenate([np.reshape(j.numpy(), (N, C, -1)) for j in jac], axis=2)
+    outs = flat.numpy().reshape(N, C)
+    return sum(J[n].T @ _output_hessian(loss, outs[n]) @ J[n] for n in range(N)) / N
 
 
 def per_example_gradients(model, x, y, loss: str) -> np.ndarray:
@@ -57,9 +59,23 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
+# ------------------------------------------------------------------------------------------ shared models
+# One model per architecture for the whole module: compiled passes are cached per model and settings, so tests
+# that slice the same data share them instead of tracing afresh.
+@pytest.fixture(scope="module")
+def mlp17():
+    return M.mlp(n=17)
+
+
+@pytest.fixture(scope="module")
+def reg9():
+    return M.regression_mlp(n=9)
+
+
 # ------------------------------------------------------------------------------------------ Dense
-def test_single_example_type2_blocks_equal_exact_ggn_blocks():
-    model, x, y = M.mlp(n=1)
+def test_single_example_type2_blocks_equal_exact_ggn_blocks(mlp17):
+    model, x, y = mlp17
+    x, y = x[:1], y[:1]
     K = KFACOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, precision="float64",
                      quiet=True)
     G = reference_ggn(model, x, "ce")
@@ -75,15 +91,18 @@ def test_single_dense_layer_mse_equals_exact_ggn_at_any_n():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="lin")])
     model.set_weights([rng.normal(size=(3, 2)), rng.normal(size=2)])
     x, y = rng.normal(size=(13, 3)), rng.normal(size=(13, 2))
-    K = KFACOperator(model, (x, y), loss="mse", precision="float64", batch_size=5, quiet=True)
     G = reference_ggn(model, x, "mse")
-    np.testing.assert_allclose(K.to_dense().numpy(), G, rtol=1e-10, atol=1e-12)
+    # two batch sizes on the same model: the second reuses the compiled pass, retraced with relaxed shapes
+    for bs in (5, 2):
+        K = KFACOperator(model, (x, y), loss="mse", precision="float64", batch_size=bs, quiet=True)
+        np.testing.assert_allclose(K.to_dense().numpy(), G, rtol=1e-10, atol=1e-12)
     assert K.num_examples == 13
 
 
 @pytest.fixture(scope="module")
-def mlp_ops():
-    model, x, y = M.mlp(n=12)
+def mlp_ops(mlp17):
+    model, x, y = mlp17
+    x, y = x[:12], y[:12]
     kw = dict(loss="sparse_categorical_crossentropy", from_logits=True, precision="float64", quiet=True,
               batch_size=5)
     return model, x, y, KFACOperator(model, (x, y), **kw), EKFACOperator(model, (x, y), **kw)
@@ -135,8 +154,8 @@ def test_ekfac_is_closer_to_the_ggn_than_kfac(mlp_ops):
         np.testing.assert_allclose(be.A_eig[1], bk.A_eig[1])
 
 
-def test_ekfac_eigenvalues_are_projected_gradient_second_moments():
-    model, x, y = M.mlp(n=17)
+def test_ekfac_eigenvalues_are_projected_gradient_second_moments(mlp17):
+    model, x, y = mlp17
     E = EKFACOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, fisher="empirical",
                       precision="float64", quiet=True, batch_size=6)
     grads = per_example_gradients(model, x, y, "ce")
@@ -147,8 +166,9 @@ def test_ekfac_eigenvalues_are_projected_gradient_second_moments():
         np.testing.assert_allclose(b.corrected, ref, rtol=1e-9, atol=1e-13)
 
 
-def test_empirical_kfac_single_example_is_gradient_outer_product():
-    model, x, y = M.regression_mlp(n=1)
+def test_empirical_kfac_single_example_is_gradient_outer_product(reg9):
+    model, x, y = reg9
+    x, y = x[:1], y[:1]
     K = KFACOperator(model, (x, y), loss="mse", fisher="empirical", precision="float64", quiet=True)
     g = per_example_gradients(model, x, y, "mse")[0]
     for b in K.blocks:
@@ -156,8 +176,8 @@ def test_empirical_kfac_single_example_is_gradient_outer_product():
         np.testing.assert_allclose(b.to_dense(), np.outer(gb, gb), rtol=1e-9, atol=1e-13)
 
 
-def test_mc_is_seeded_and_close_to_type2_with_many_samples():
-    model, x, y = M.regression_mlp(n=9)
+def test_mc_is_seeded_and_close_to_type2_with_many_samples(reg9):
+    model, x, y = reg9
     kw = dict(loss="mse", precision="float64", quiet=True)
     a = KFACOperator(model, (x, y), fisher="mc", mc_samples=400, seed=3, **kw)
     b = KFACOperator(model, (x, y), fisher="mc", mc_samples=400, seed=3, **kw)
@@ -179,8 +199,9 @@ def test_normalisation_variables_get_their_exact_ggn_diagonal():
                 b.A_eig  # noqa: B018
 
 
-def test_wrt_kernel_only_and_model_untouched():
-    model, x, y = M.mlp(n=5)
+def test_wrt_kernel_only_and_model_untouched(mlp17):
+    model, x, y = mlp17
+    x, y = x[:5], y[:5]
     before = [w.copy() for w in model.get_weights()]
     act = model.get_layer("h1").activation
     K = KFACOperator(model, (x, y), loss="sparse_categorical_crossentropy", from_logits=True, wrt=["h2/kernel"],
@@ -272,8 +293,9 @@ def test_unsupported_layer_is_named():
     assert K.n == 5
 
 
-def test_bad_arguments_and_memory_refusal():
-    model, x, y = M.regression_mlp(n=4)
+def test_bad_arguments_and_memory_refusal(reg9):
+    model, x, y = reg9
+    x, y = x[:4], y[:4]
     with pytest.raises(InputError, match="fisher: expected one of"):
         KFACOperator(model, (x, y), loss="mse", fisher="type-1")
     with pytest.raises(InputError, match="kfac_approx: expected one of"):

@@ -130,8 +130,10 @@ def _values(obj, params) -> dict:
     return vals
 
 
-def _record(obj, params, x, tapped, tape):
-    """Run the model under ``tape``; returns (flat outputs (B, C), structure, taps {name: (a, z, to_rows)})."""
+def _record(obj, params, x, tapped, tape, sizes=None):
+    """Run the model under ``tape``; returns (flat outputs (B, C), structure, outputs, taps {name: (a, z,
+    to_rows)}). ``sizes``: the width of each flattened output, so ``C`` is static even in a trace whose input
+    shapes were relaxed to unknown dimensions (the loss columns loop over it in Python)."""
     taps: dict = {}
     by_id = {id(s.layer): s for s in tapped}
 
@@ -144,27 +146,27 @@ def _record(obj, params, x, tapped, tape):
 
     out = tapped_forward(obj.model, _values(obj, params), x, by_id, on_tap, obj.training)
     outs = [tf.cast(o, obj.dtype) for o in tf.nest.flatten(out)]
-    flat = tf.concat([tf.reshape(o, (tf.shape(o)[0], -1)) for o in outs], axis=1)
+    sizes = [-1] * len(outs) if sizes is None else sizes
+    flat = tf.concat([tf.reshape(o, (tf.shape(o)[0], c)) for o, c in zip(outs, sizes)], axis=1)
     return flat, out, outs, taps
 
 
-def _unflatten(flat, structure, outs):
+def _unflatten(flat, structure, outs, sizes):
     parts, start = [], 0
-    for o in outs:
-        size = int(np.prod(o.shape[1:]))
+    for o, size in zip(outs, sizes):
         parts.append(tf.reshape(flat[:, start:start + size], tf.shape(o)))
         start += size
     return tf.nest.pack_sequence_as(structure, parts)
 
 
-def _loss_columns(obj, flat, structure, outs, y, fisher):
+def _loss_columns(obj, flat, structure, outs, sizes, y, fisher):
     """``(B, C, K)``: per example, K vectors whose outer products sum to the output curvature."""
     f0 = tf.stop_gradient(flat)
     with tf.GradientTape() as t2:
         t2.watch(f0)
         with tf.GradientTape() as t1:
             t1.watch(f0)
-            per = tf.cast(obj._loss_of(_unflatten(f0, structure, outs), y), obj.dtype)
+            per = tf.cast(obj._loss_of(_unflatten(f0, structure, outs, sizes), y), obj.dtype)
             total = tf.reduce_sum(per)
         grad = t1.gradient(total, f0)
     if fisher != "type-2":
@@ -195,14 +197,14 @@ def _features(spec: Tapped, a, approx):
     return feats
 
 
-def _factor_kernel(obj, tapped, diag_idx, fisher, approx, factor, ekfac):
+def _factor_kernel(obj, tapped, diag_idx, fisher, approx, factor, ekfac, sizes):
     def fn(params, x, y, mask, scale, regw, *bases):
         w = scale * tf.cast(mask, obj.dtype)
         with tf.GradientTape(persistent=True) as tape:
             diag_params = [params[i] for i in diag_idx]
             tape.watch(diag_params)
-            flat, structure, outs, taps = _record(obj, params, x, tapped, tape)
-        cols = _loss_columns(obj, flat, structure, outs, y, fisher)
+            flat, structure, outs, taps = _record(obj, params, x, tapped, tape, sizes)
+        cols = _loss_columns(obj, flat, structure, outs, sizes, y, fisher)
         zs = [taps[s.name][1] for s in tapped]
         feats = [_features(s, taps[s.name][0], approx) for s in tapped]
         wf = w * factor
@@ -398,7 +400,8 @@ class KFACOperator(LinearOperator):
         return np.concatenate(rows, axis=0).reshape(-1)
 
     def _check_reevaluation(self) -> None:
-        """The layer-by-layer re-evaluation must reproduce ``stateless_call`` (first batch)."""
+        """The layer-by-layer re-evaluation must reproduce ``stateless_call`` (first batch); records the width of
+        each flattened output in ``self._sizes``."""
         obj = self.objective
         tapped = self._tapped
 
@@ -407,13 +410,15 @@ class KFACOperator(LinearOperator):
                 with tf.GradientTape() as tape:
                     flat, _, _, _ = _record(obj, params, x, tapped, tape)
                 ref = [tf.cast(o, obj.dtype) for o in tf.nest.flatten(obj.forward(params, x))]
+                sizes = tf.stack([tf.reduce_prod(tf.shape(o)[1:]) for o in ref])
                 ref = tf.concat([tf.reshape(o, (tf.shape(o)[0], -1)) for o in ref], axis=1)
-                return tf.reduce_max(tf.abs(flat - ref)), tf.reduce_max(tf.abs(ref))
+                return tf.reduce_max(tf.abs(flat - ref)), tf.reduce_max(tf.abs(ref)), sizes
             return fn
 
         fn = obj.function(f"kfac/check/{_key(tapped)}", build)
         batch = next(iter(self.data.batches()))
-        diff, scale = (float(t) for t in fn(obj.space.values(), as_tensors(batch.x, obj.dtype)))
+        diff, scale, sizes = fn(obj.space.values(), as_tensors(batch.x, obj.dtype))
+        diff, scale, self._sizes = float(diff), float(scale), [int(c) for c in np.asarray(sizes)]
         tol = (1e-10 if obj.dtype == tf.float64 else 1e-4) * max(1.0, scale)
         if not diff <= tol:
             raise InputError(f"KFAC: re-evaluating model {obj.model.name!r} layer by layer differs from the model "
@@ -422,9 +427,10 @@ class KFACOperator(LinearOperator):
     def _pass(self, ekfac: bool, bases=()):
         obj = self.objective
         key = (f"kfac/{self.fisher}/{self.kfac_approx}/{self._factor!r}/{ekfac}/{_key(self._tapped)}/"
-               f"{self._diag_idx}")
+               f"{self._diag_idx}/{self._sizes}")
         step = obj.function(key, lambda: _factor_kernel(obj, self._tapped, [] if ekfac else self._diag_idx,
-                                                        self.fisher, self.kfac_approx, self._factor, ekfac))
+                                                        self.fisher, self.kfac_approx, self._factor, ekfac,
+                                                        self._sizes))
         what = "EKFAC eigenvalues" if ekfac else "KFAC factors"
         out = accumulate(obj, self._pass_data, step, obj.space.values(), *bases, description=what,
                          quiet=self.quiet)
