@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "resolve_loss": ".io.losses",
     "MultiLoss": ".io.losses",
     "float64_copy": ".io.precision",
-    "sandboxed": ".sandbox",
+    "sandboxed": ".cli.sandbox",
     # parameters and the objective
     "ParameterSpace": ".params",
     "Objective": ".autodiff.objective",

@@ -21,7 +21,7 @@ import pytest
 
 from tests.cli import hostile_files as H
 from tests.cli.conftest import closed_form_gradient
-from tfpartials.sandbox import landlock_abi
+from tfpartials.cli.sandbox import landlock_abi
 
 pytestmark = pytest.mark.skipif(landlock_abi() < 1, reason="this kernel offers no Landlock; --sandbox refuses")
 
@@ -140,7 +140,7 @@ def test_hostile_models_fail_inside_without_effect(files, cli, tmp_path, listene
 
 def test_python_api_returns_arrays(files, tmp_path):
     from tfpartials._checks import InputError
-    from tfpartials.sandbox import sandboxed
+    from tfpartials.cli.sandbox import sandboxed
 
     g = sandboxed("gradients", files.lin_keras, data=(files.x, files.y), loss="mse", batch_size=8)
     ref = closed_form_gradient(files)
@@ -195,7 +195,7 @@ def test_sandbox_ctrl_c_kills_the_child(files, cli, tmp_path):
 
 
 def test_command_line_rewriting():
-    from tfpartials.sandbox import _readable_paths, _rewrite_outputs, _strip_parent_flags
+    from tfpartials.cli.sandbox import _readable_paths, _rewrite_outputs, _strip_parent_flags
 
     argv = ["gradients", "m.keras", "--sandbox", "--timeout=3", "--sandbox-memory", "2GiB", "--out=g.npz", "--quiet"]
     stripped = _strip_parent_flags(argv)
@@ -209,7 +209,7 @@ def test_command_line_rewriting():
 
 def test_sandboxed_rejects_reserved_options(files, monkeypatch):
     from tfpartials._checks import InputError
-    from tfpartials.sandbox import sandboxed
+    from tfpartials.cli.sandbox import sandboxed
 
     with pytest.raises(TypeError, match=r"sandboxed: out, sandbox cannot be passed as options"):
         sandboxed("gradients", files.lin_keras, data=files.lin_npz, sandbox=True, out="x.npz")

@@ -3,7 +3,7 @@
 TensorFlow is imported lazily, so ``tfpartials --help`` answers at once. Resource guards live here too:
 ``--timeout`` (SIGALRM -> "timed out after N s; nothing written", exit 2), Ctrl-C (exit 130, nothing written:
 outputs are renamed into place only when complete) and ``--sandbox`` (the command re-run in a confined child,
-see :mod:`tfpartials.sandbox`).
+see :mod:`tfpartials.cli.sandbox`).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         with time_limit(getattr(args, "timeout", None)):
             if getattr(args, "sandbox", False):
-                from ..sandbox import run_cli_sandboxed
+                from .sandbox import run_cli_sandboxed
 
                 return run_cli_sandboxed(argv, args)
             quiet_tensorflow_import(getattr(args, "devices", None))

@@ -10,7 +10,7 @@ A model file is a program. The policy, in order:
   virtual datasets, external storage); Keras >= 3.15.1 honours ``safe_mode`` for HDF5 too (tested).
 - TF SavedModel directories can run arbitrary graph operations and are refused unless ``trust=True``; with it
   they load as Keras models over their restored variables (:mod:`tfpartials.io.savedmodel`; no stored loss).
-- ``trust="sandbox"`` is for computations, not live models: see :func:`tfpartials.sandbox.sandboxed`.
+- ``trust="sandbox"`` is for computations, not live models: see :func:`tfpartials.cli.sandbox.sandboxed`.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def load_model(path: str | os.PathLike, trust: bool | str = False) -> keras.Mode
         path: a ``.keras`` archive, a legacy ``.h5`` file, or a TF SavedModel directory.
         trust: allow formats that can execute code (TF SavedModel, Python lambdas in Lambda layers).
             Never set it for files you did not make. ``"sandbox"`` is refused here with a pointer to
-            :func:`tfpartials.sandbox.sandboxed`, which loads and differentiates in a confined child process.
+            :func:`tfpartials.cli.sandbox.sandboxed`, which loads and differentiates in a confined child process.
 
     Returns:
         The model, uncompiled; the compiled loss (if any) is remembered so that ``loss=None`` uses it.
@@ -167,7 +167,7 @@ def load_model(path: str | os.PathLike, trust: bool | str = False) -> keras.Mode
 def _check_trust(trust: bool | str) -> bool:
     if trust == "sandbox":
         raise InputError("trust='sandbox' cannot return a live model (the model stays in the sandboxed child "
-                         "process); use tfpartials.sandbox.sandboxed(command, path, ...) to compute there and get "
+                         "process); use tfpartials.cli.sandbox.sandboxed(command, path, ...) to compute there and get "
                          "arrays back")
     if not isinstance(trust, bool):
         raise TypeError(f"trust: expected True, False or 'sandbox', got {trust!r}")

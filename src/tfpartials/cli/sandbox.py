@@ -1,7 +1,7 @@
 """Run a tfpartials computation on an untrusted model in a confined child process.
 
 ``tfpartials COMMAND MODEL ... --sandbox`` (and :func:`sandboxed` from Python) runs the same command in a child
-``python -m tfpartials.sandbox`` that confines itself *before* TensorFlow or the model are loaded:
+``python -m tfpartials.cli.sandbox`` that confines itself *before* TensorFlow or the model are loaded:
 
 - **files** (Landlock, Linux >= 5.13): it may read only the Python installation, system libraries, a few
   ``/proc`` and ``/sys`` entries and the paths named on the command line; it may write only inside a fresh
@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._checks import InputError, ResourceError, format_bytes, parse_size
-from ._confine import BLOCKED, blocked_events, confine, landlock_abi
+from .._checks import InputError, ResourceError, format_bytes, parse_size
+from .._confine import BLOCKED, blocked_events, confine, landlock_abi
 
 __all__ = ["sandboxed", "run_cli_sandboxed", "landlock_abi", "DEFAULT_MEMORY", "BLOCKED"]
 
@@ -63,7 +63,7 @@ def run_cli_sandboxed(argv: Sequence[str], args: Any) -> int:
 
     ``args`` is the parsed namespace of ``argv``: its output paths are checked here, before anything runs.
     """
-    from .cli.main import build_parser
+    from .main import build_parser
 
     if os.environ.get("TFPARTIALS_SANDBOXED"):
         raise InputError("--sandbox: already inside the sandbox")
@@ -236,7 +236,7 @@ def _deliver(tmp: Path, target: Path, overwrite: bool) -> None:
     """Check the child's output is plain data and write it to ``target`` atomically."""
     import numpy as np
 
-    from .reports.writers import atomic_directory, atomic_write, save_npz
+    from ..reports.writers import atomic_directory, atomic_write, save_npz
 
     if not os.path.lexists(tmp):
         return
@@ -279,7 +279,7 @@ def _run_child(work: _Workdir, cli_argv: list[str], readable: list[str], memory:
         raise InputError("--sandbox needs Linux Landlock (kernel >= 5.13 with Landlock enabled), which this "
                          "system does not offer; refusing to run an untrusted model without it")
     netns = _netns_prefix()
-    cmd = [*netns, sys.executable, "-m", "tfpartials.sandbox", "--workdir", str(work.root), "--cwd", os.getcwd(),
+    cmd = [*netns, sys.executable, "-m", "tfpartials.cli.sandbox", "--workdir", str(work.root), "--cwd", os.getcwd(),
            "--memory", str(memory)]
     for p in readable:
         cmd += ["--read", p]
@@ -366,7 +366,7 @@ def _netns_prefix() -> list[str]:
 
 def _child_main(argv: list[str]) -> int:
     if "--" not in argv:
-        sys.stderr.write("tfpartials: error: usage: python -m tfpartials.sandbox --workdir W --memory N "
+        sys.stderr.write("tfpartials: error: usage: python -m tfpartials.cli.sandbox --workdir W --memory N "
                          "[--read P]... -- COMMAND ...\n")
         return 2
     split = argv.index("--")
@@ -397,8 +397,8 @@ def _child_main(argv: list[str]) -> int:
             os.chdir(cwd)
         except OSError:
             pass
-    from .cli.common import quiet_tensorflow_import
-    from .cli.main import main
+    from .common import quiet_tensorflow_import
+    from .main import main
 
     try:
         quiet_tensorflow_import()   # start-up probes of TensorFlow's dependencies (uname, IPv6) are refused
@@ -414,6 +414,6 @@ def _child_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess tests
     # run from the package module (not this ``__main__`` copy) so that its state is the one the CLI sees
-    from tfpartials.sandbox import _child_main as _entry
+    from tfpartials.cli.sandbox import _child_main as _entry
 
     sys.exit(_entry(sys.argv[1:]))
