@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import tf
+from .._types import DataLike, LossLike, ModelLike, WrtLike
 from .objective import Objective
 from .problem import objective_for, prepare
 from .risk import accumulate
@@ -33,7 +34,7 @@ def value_and_gradient(obj: Objective, data, *, quiet: bool = False, description
     return value, obj.space.flatten(grads)
 
 
-def gradients(model, data, loss: Any = None, wrt=None, *, batch_size: int | None = None,
+def gradients(model: ModelLike, data: DataLike, loss: LossLike = None, wrt: WrtLike = None, *, batch_size: int | None = None,
               precision: str | None = None, training: bool = False, include_regularization: bool = True,
               reduction: str = "mean", unconnected: str = "error", from_logits: bool | None = None,
               allow_nan: bool = False, quiet: bool = False, strategy=None) -> dict[str, np.ndarray]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from .._backend import keras, tf
 from .._checks import InputError, check_choice, check_positive_int, format_bytes, parse_size
 from .._memory import DEFAULT_DENSE_LIMIT, activation_elements, plan_chunks, require_fits
 from .._progress import progress
+from .._types import DataLike, LossLike, ModelLike, WrtLike
 from ..io.data import DEFAULT_BATCH_SIZE, Data
 from ..params import ParameterSpace
 from .hvp import MAX_CHUNK, METHODS, Method, batch_hvp_kernel, column_memory
@@ -116,7 +116,7 @@ def _groups(sizes: Sequence[int], chunk: int) -> list[list[int]]:
     return groups
 
 
-def hessian(model, data, loss: Any = None, wrt=None, *, max_memory: str | int | None = "2GiB",
+def hessian(model: ModelLike, data: DataLike, loss: LossLike = None, wrt: WrtLike = None, *, max_memory: str | int | None = "2GiB",
             batch_size: int | None = None, precision: str | None = None, method: Method = "auto",
             chunk_size: int | None = None, training: bool = False, include_regularization: bool = True,
             reduction: str = "mean", unconnected: str = "error", from_logits: bool | None = None,

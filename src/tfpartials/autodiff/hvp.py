@@ -24,7 +24,7 @@ Vectors are processed :data:`MAX_CHUNK` at a time at most, fewer if the memory p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from .._checks import InputError, check_choice
 from .._fallback import Fallback, FallbackMemo, FallbackWarning, Implementation
 from .._memory import activation_elements, plan_chunks
 from .._tracing import PFOR_LOOP_THRESHOLD, pfor_looped_layers
+from .._types import DataLike, LossLike, ModelLike, VectorLike, WrtLike
 from .objective import Objective
 from .problem import prepare
 from .risk import accumulate
@@ -213,7 +214,7 @@ def hvp_matmat(obj: Objective, data, V, *, method: str = "auto", quiet: bool = F
     return in_column_chunks(product, V, column_chunk(obj, data.batch_size))
 
 
-def hvp(model, data, v, loss: Any = None, wrt=None, *, batch_size: int | None = None,
+def hvp(model: ModelLike, data: DataLike, v: VectorLike, loss: LossLike = None, wrt: WrtLike = None, *, batch_size: int | None = None,
         precision: str | None = None, method: Method = "auto", training: bool = False,
         include_regularization: bool = True, reduction: str = "mean", unconnected: str = "error",
         from_logits: bool | None = None, allow_nan: bool = False, quiet: bool = False,

@@ -26,6 +26,7 @@ from .._fallback import Fallback, FallbackMemo, Implementation
 from .._memory import plan_chunks, require_fits, resolve_budget
 from .._progress import progress
 from .._tracing import PFOR_LOOP_THRESHOLD, pfor_looped_layers
+from .._types import DataLike, LossLike, ModelLike, WrtLike
 from ..io.data import Data
 from .objective import Objective
 from .problem import prepare
@@ -167,7 +168,7 @@ def stream_per_example(obj: Objective, data: Data, chunk: int, *, engine: PerExa
             bar.advance(k)
 
 
-def per_example_gradients(model, data, loss: Any = None, wrt=None, *, batch_size: int | None = None,
+def per_example_gradients(model: ModelLike, data: DataLike, loss: LossLike = None, wrt: WrtLike = None, *, batch_size: int | None = None,
                           precision: str | None = None, max_memory: str | int | None = None,
                           include_regularization: bool = True, stream: bool = False, quiet: bool = False,
                           vectorize: bool = True, unconnected: str = "error", from_logits: bool | None = None,

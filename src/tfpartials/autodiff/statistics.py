@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._types import DataLike, LossLike, ModelLike, WrtLike
 from .objective import Objective
 from .per_example import PerExampleEngine, plan_per_example, stream_per_example
 from .problem import prepare
@@ -154,7 +155,7 @@ def statistics_from_gradients(grads: Mapping[str, Any]) -> GradientStatistics:
     return acc.result()
 
 
-def gradient_statistics(model, data, loss: Any = None, wrt=None, *, batch_size: int | None = None,
+def gradient_statistics(model: ModelLike, data: DataLike, loss: LossLike = None, wrt: WrtLike = None, *, batch_size: int | None = None,
                         precision: str | None = None, max_memory: str | int | None = None,
                         include_regularization: bool = True, quiet: bool = False, vectorize: bool = True,
                         unconnected: str = "error", from_logits: bool | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import tf
+from .._types import InputsLike, ModelLike
 from ._model_fn import (
     ZERO,
     check_component,
@@ -74,7 +75,7 @@ def _hessian_step(fn, in_shape, n_in: int, n_out: int):
         Candidate("reverse-over-reverse, stacked copies", reverse_over_reverse, False)], what="an input Hessian")
 
 
-def input_hessian(model, x, output: int | str | None = None, input: int | str | None = None, *,
+def input_hessian(model: ModelLike, x: InputsLike, output: int | str | None = None, input: int | str | None = None, *,
                   component=None, index=None, max_memory: str | int | None = None, training: bool = False,
                   precision: str | None = None, batch_size: int | None = None, quiet: bool = False) -> np.ndarray:
     """Per-example Hessian of one output component (or of every component) with respect to the input.

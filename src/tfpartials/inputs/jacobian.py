@@ -8,6 +8,7 @@ import numpy as np
 
 from .._backend import tf
 from .._checks import InputError, check_choice
+from .._types import InputsLike, ModelLike
 from ._model_fn import (
     ZERO,
     check_component,
@@ -33,7 +34,7 @@ __all__ = ["input_gradient", "input_jacobian", "jacobian_flat", "Mode"]
 Mode = Literal["auto", "forward", "reverse"]
 
 
-def input_gradient(model, x, output: int | str | None = None, input: int | str | None = None, *,
+def input_gradient(model: ModelLike, x: InputsLike, output: int | str | None = None, input: int | str | None = None, *,
                    component=None, index=None, reduce: Literal["sum", "mean"] | None = "sum", training: bool = False,
                    precision: str | None = None, max_memory: str | int | None = None,
                    batch_size: int | None = None, quiet: bool = False) -> np.ndarray:
@@ -195,7 +196,7 @@ def jacobian_flat(fn, prep, mode: str, *, budget: int, fixed: int, quiet: bool =
     return J
 
 
-def input_jacobian(model, x, output: int | str | None = None, input: int | str | None = None, *,
+def input_jacobian(model: ModelLike, x: InputsLike, output: int | str | None = None, input: int | str | None = None, *,
                    component=None, mode: Mode = "auto", max_memory: str | int | None = None, training: bool = False,
                    precision: str | None = None, batch_size: int | None = None,
                    quiet: bool = False) -> np.ndarray:

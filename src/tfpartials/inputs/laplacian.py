@@ -7,6 +7,7 @@ import numpy as np
 from .._backend import tf
 from .._checks import InputError
 from .._memory import plan_chunks
+from .._types import InputsLike, ModelLike
 from ._model_fn import (
     ZERO,
     check_component,
@@ -30,7 +31,7 @@ from .partials import nested_directional_derivative
 __all__ = ["laplacian", "divergence"]
 
 
-def laplacian(model, x, output: int | str | None = None, input: int | str | None = None, *, component=None,
+def laplacian(model: ModelLike, x: InputsLike, output: int | str | None = None, input: int | str | None = None, *, component=None,
               training: bool = False, precision: str | None = None, max_memory: str | int | None = None,
               batch_size: int | None = None, quiet: bool = False) -> np.ndarray:
     """Per-example Laplacian of an output with respect to the input: ``sum_i d^2 y_b / d x_i^2``.
@@ -114,7 +115,7 @@ def laplacian(model, x, output: int | str | None = None, input: int | str | None
     return out[:, comp]
 
 
-def divergence(model, x, output: int | str | None = None, input: int | str | None = None, *,
+def divergence(model: ModelLike, x: InputsLike, output: int | str | None = None, input: int | str | None = None, *,
                training: bool = False, precision: str | None = None, max_memory: str | int | None = None,
                batch_size: int | None = None, quiet: bool = False) -> np.ndarray:
     """Per-example divergence of a vector field ``y = F(x)`` with as many outputs as inputs: ``sum_i dF_i/dx_i``.

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._backend import tf
 from .._checks import InputError
+from .._types import InputsLike, ModelLike
 from ._model_fn import (
     ZERO,
     check_component,
@@ -52,7 +53,7 @@ def _multi_index(index, in_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(flat_index("index entry", i, in_shape) for i in index)
 
 
-def partial_derivative(model, x, index: Sequence = (0,), output: int | str | None = None,
+def partial_derivative(model: ModelLike, x: InputsLike, index: Sequence = (0,), output: int | str | None = None,
                        input: int | str | None = None, *, component=None, training: bool = False,
                        precision: str | None = None, max_memory: str | int | None = None,
                        batch_size: int | None = None, quiet: bool = False) -> np.ndarray:

@@ -18,13 +18,14 @@ then a loop), as in curvlinops (Dangel et al.) where each curvature matrix is on
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from .._backend import tf
 from .._checks import InputError, check_choice, check_positive_int, check_seed
 from .._memory import DEFAULT_DENSE_LIMIT, require_fits
+from .._types import DataLike, LossLike, ModelLike, WrtLike
 from ..autodiff.hessian import _ALTERNATIVE as _DENSE_ALTERNATIVE
 from ..autodiff.hessian import dense_hessian
 from ..autodiff.hvp import (
@@ -70,7 +71,7 @@ class CurvatureOperator(LinearOperator):
 
     matrix_name = "curvature"
 
-    def __init__(self, model, data, loss: Any = None, wrt=None, *, batch_size: int | None = None,
+    def __init__(self, model: ModelLike, data: DataLike, loss: LossLike = None, wrt: WrtLike = None, *, batch_size: int | None = None,
                  precision: str | None = None, method: str = "auto", training: bool = False,
                  include_regularization: bool = True, reduction: str = "mean", unconnected: str = "error",
                  from_logits: bool | None = None, allow_nan: bool = False, quiet: bool = True, strategy=None):
@@ -318,7 +319,7 @@ class FisherOperator(CurvatureOperator):
 
     matrix_name = "Fisher"
 
-    def __init__(self, model, data, loss: Any = None, wrt=None, *, kind: FisherKind = "empirical",
+    def __init__(self, model: ModelLike, data: DataLike, loss: LossLike = None, wrt: WrtLike = None, *, kind: FisherKind = "empirical",
                  seed: int = 0, num_samples: int = 1, **kwargs):
         check_choice("kind", kind, ("empirical", "mc"))
         self.fisher_kind = kind

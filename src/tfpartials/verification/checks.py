@@ -40,6 +40,7 @@ import numpy as np
 
 from .._backend import keras, tf
 from .._checks import InputError, check_choice, check_positive_int
+from .._types import DataLike, LossLike, ModelLike, WrtLike
 from ..autodiff.objective import Objective
 from ..autodiff.problem import prepare
 from ..autodiff.risk import accumulate
@@ -188,7 +189,7 @@ def _gradient_check(ctx: _Context, k: int, full: bool | None, seed: int, rtol, a
     return make_result("gradients", comp, directions, fd.num_evaluations - start, details, cuts=cuts, failure=failure)
 
 
-def check_gradients(model, data, loss: Any = None, wrt=None, *, directions: int = 4, full: bool | None = None,
+def check_gradients(model: ModelLike, data: DataLike, loss: LossLike = None, wrt: WrtLike = None, *, directions: int = 4, full: bool | None = None,
                     seed: int = 0, rtol: float | None = None, atol: float | None = None, eps: float | None = None,
                     batch_size: int | None = None, precision: str | None = None,
                     include_regularization: bool = True, reduction: str = "mean", from_logits: bool | None = None,
@@ -287,7 +288,7 @@ def _hvp_check(ctx: _Context, k: int, full: bool | None, seed: int, rtol, atol, 
     return make_result("hvp", comp, directions, fd.num_evaluations - start, details, cuts=cuts, failure=failure)
 
 
-def check_hvp(model, data, loss: Any = None, wrt=None, *, directions: int = 4, full: bool | None = None,
+def check_hvp(model: ModelLike, data: DataLike, loss: LossLike = None, wrt: WrtLike = None, *, directions: int = 4, full: bool | None = None,
               seed: int = 0, rtol: float | None = None, atol: float | None = None, eps: float | None = None,
               batch_size: int | None = None, precision: str | None = None, include_regularization: bool = True,
               reduction: str = "mean", from_logits: bool | None = None, unconnected: str = "error") -> CheckResult:
@@ -326,7 +327,7 @@ def _parse_what(what) -> tuple[str, ...]:
     return tuple(dict.fromkeys(what))
 
 
-def check(model, data, loss: Any = None, what: str | Sequence[str] = CHECKS, wrt=None, *, directions: int = 4,
+def check(model: ModelLike, data: DataLike, loss: LossLike = None, what: str | Sequence[str] = CHECKS, wrt=None, *, directions: int = 4,
           full: bool | None = None, seed: int = 0, rtol: float | None = None, atol: float | None = None,
           eps: float | None = None, batch_size: int | None = None, precision: str | None = None,
           include_regularization: bool = True, reduction: str = "mean", from_logits: bool | None = None,
