@@ -25,17 +25,20 @@ def _output_hessian(loss: str, out: np.ndarray) -> np.ndarray:
 
 
 def reference_ggn(model, x, loss: str) -> np.ndarray:
-    """(1/N) sum_n J_n^T H_n J_n in float64, J from one tape.jacobian of all N*C outputs on a float64 clone
-    (all trainable variables; inference mode, so example n's outputs depend on x_n only)."""
+    """(1/N) sum_n J_n^T H_n J_n in float64, J row by row (one eager gradient per output of one forward pass of
+    all N examples) on a float64 clone: all trainable variables; inference mode, so example n's outputs depend
+    on x_n only. Eager rows, not tape.jacobian: no tf.function traced per call."""
     clone = float64_clone(model)
     tv = clone.trainable_variables
     x = np.asarray(x, np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x)
-    with tf.GradientTape() as tape:
-        out = clone(x, training=False)
-        flat = tf.reshape(out, [-1])
-    jac = tape.jacobian(flat, tv)
+    with tf.GradientTape(persistent=True) as tape:
+        flat = tf.reshape(clone(x, training=False), [-1])
+        entries = tf.unstack(flat)
+    rows = [np.concatenate([np.ravel(g) for g in tape.gradient(e, tv, unconnected_gradients="zero")])
+            for e in entries]
+    del tape
     N, C = len(x), flat.shape[0] // len(x)
-    J = np.concatenate([np.reshape(j.numpy(), (N, C, -1)) for j in jac], axis=2)
+    J = np.array(rows).reshape(N, C, -1)
     outs = flat.numpy().reshape(N, C)
     return sum(J[n].T @ _output_hessian(loss, outs[n]) @ J[n] for n in range(N)) / N
 
