@@ -424,3 +424,14 @@ def test_depthwise_factors_against_unfolded_reference(approx):
         # kernel[:, :, c, :] row-major then bias[c*2:(c+1)*2]: the flat positions of channel c's block
         np.testing.assert_array_equal(b.indices, np.concatenate([
             np.arange(36).reshape(9, 2, 2)[:, c, :].reshape(-1), 36 + 2 * c + np.arange(2)]))
+
+
+def test_ekfac_traces_each_compiled_pass_once(caplog):
+    model, x, y = M.linear_regression(n=7, d=2)
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        E = EKFACOperator(model, (x, y), loss="mse", batch_size=3, quiet=True)
+    counts = {k: v for k, v in E.objective.trace_counts.items() if k.startswith("kfac/")}
+    assert len(counts) == 3 and set(counts.values()) == {1}, counts   # check, factor pass, eigenvalue pass
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    xa = np.concatenate([x, np.ones((7, 1))], axis=1).astype(np.float64)   # linear model: EKFAC = GGN
+    np.testing.assert_allclose(E.to_dense().numpy(), 2 * xa.T @ xa / 7, rtol=1e-4, atol=1e-6)
