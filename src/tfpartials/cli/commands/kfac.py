@@ -4,8 +4,8 @@ from __future__ import annotations
 
 HELP = "Kronecker factors (KFAC) of the Gauss-Newton/Fisher matrix, per layer"
 DESCRIPTION = (
-    "Kronecker-factored approximate curvature of the mean loss: for every Dense, EinsumDense, Conv1D/2D and "
-    "Embedding layer the input factor A and the output-gradient factor B (block = kron(A, B) on the row-major "
+    "Kronecker-factored approximate curvature of the mean loss: for every Dense, EinsumDense, Conv1D/2D, "
+    "Embedding layer (and each input channel of a DepthwiseConv2D, labelled L[c]) the input factor A and the output-gradient factor B (block = kron(A, B) on the row-major "
     "kernel-with-bias), and the exact diagonal for normalisation layers. The .npz holds, per layer L, `L/A`, "
     "`L/B` (or `L/diag`) and `L/indices` (flat parameter positions), plus `layers` and `num_examples`.")
 
