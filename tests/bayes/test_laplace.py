@@ -311,3 +311,22 @@ def test_kfac_posterior_algebra_equals_the_dense_kronecker_blocks(overconfident)
     J = np.random.default_rng(0).normal(size=(4, 3, P))
     np.testing.assert_allclose(la._posterior.functional_covariance(J, 1.0, la._prior),
                                np.einsum("bcp,pq,bdq->bcd", J, cov, J), rtol=1e-6)
+
+
+def test_float32_full_ggn_posterior_stays_positive_definite_at_tiny_priors():
+    """A GGN is PSD; float32 round-off must not make the posterior precision indefinite at a small prior."""
+    from tfpartials.bayes._posterior import DensePosterior
+
+    rng = np.random.default_rng(0)
+    J = rng.normal(size=(40, 6)).astype(np.float32)
+    H = (J.T @ J).astype(np.float32)
+    vals, vecs = np.linalg.eigh(H.astype(np.float64))
+    vals[0] = -1e-5 * vals[-1]                               # round-off: a null direction comes out slightly < 0
+    H = ((vecs * vals) @ vecs.T).astype(np.float32)
+    assert np.linalg.eigvalsh(0.5 * (H + H.T).astype(np.float64)).min() < -1e-6  # indefinite as given
+    post = DensePosterior(H, psd=True)
+    assert np.linalg.eigvalsh(post.H1).min() >= -1e-12
+    prior = np.full(6, 1e-6)
+    logdet = post.logdet(1.0, prior)
+    assert np.isfinite(logdet)
+    np.testing.assert_allclose(logdet, np.linalg.slogdet(post.H1 + np.diag(prior))[1], rtol=1e-8)

@@ -40,8 +40,15 @@ def _isotropic(p: np.ndarray) -> bool:
 class DensePosterior:
     """``H1`` as a dense symmetric ``P x P`` matrix (eigendecomposed once for isotropic priors)."""
 
-    def __init__(self, H1: np.ndarray):
+    def __init__(self, H1: np.ndarray, psd: bool = False):
+        H1 = np.asarray(H1, np.float64)
         self.H1 = 0.5 * (H1 + H1.T)
+        if psd:  # a GGN is positive semi-definite; float32 round-off leaves eigenvalues of about -1e-7 |H|
+            vals, vecs = np.linalg.eigh(self.H1)
+            if vals.min() < 0:
+                vals = np.maximum(vals, 0.0)
+                self.H1 = (vecs * vals) @ vecs.T
+                self.H1 = 0.5 * (self.H1 + self.H1.T)
         self.n = H1.shape[0]
         self._eig = None
         self._cache: tuple | None = None

@@ -248,7 +248,7 @@ class Laplace:
             chunk = _glm.jacobian_chunk(obj, self.num_outputs, d.batch_size)
             dd = d if chunk >= d.batch_size else d.with_batch_size(chunk)
             H, self._loss_total = _glm.summed_ggn(obj, dd, self.num_outputs, full=full, quiet=self.quiet)
-            return DensePosterior(self._c_loss * H) if full else DiagPosterior(self._c_loss * H)
+            return DensePosterior(self._c_loss * H, psd=True) if full else DiagPosterior(self._c_loss * H)
         if self.structure == "full":
             self._require_dense()
             self._loss_total = _glm.loss_sum(obj, d, quiet=self.quiet)
