@@ -153,6 +153,22 @@ def add_output_args(p: argparse.ArgumentParser, default: str | None = None, help
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+def check_outputs(args) -> None:
+    """Refuse bad output paths before any work: ``--out``/``--plot`` that exist (without ``--overwrite``) or sit in
+    a missing directory, and a ``--plot`` that is not a ``.png``."""
+    from .._checks import InputError
+    from ..reports.writers import check_output_path
+
+    overwrite = bool(getattr(args, "overwrite", False))
+    if getattr(args, "out", None):
+        check_output_path(args.out, overwrite)
+    plot = getattr(args, "plot", None)
+    if plot:
+        if not str(plot).lower().endswith(".png"):
+            raise InputError(f"--plot: expected a .png file name, got {plot!r}")
+        check_output_path(plot, overwrite)
+
+
 def check_batch_size(args) -> None:
     from .._checks import InputError
 

@@ -150,15 +150,10 @@ def run(args) -> int:
     import numpy as np
 
     from ..._checks import InputError
-    from ...reports.writers import check_output_path, save_npz
-    from ..common import load_model_and_data, print_table
+    from ...reports.writers import save_npz
+    from ..common import check_outputs, load_model_and_data, print_table
 
-    if args.out:
-        check_output_path(args.out, args.overwrite)
-    if args.plot:
-        if not str(args.plot).lower().endswith(".png"):
-            raise InputError(f"--plot: expected a .png file name, got {args.plot!r}")
-        check_output_path(args.plot, args.overwrite)
+    check_outputs(args)
     if args.max_images < 1:
         raise InputError(f"--max-images: expected a positive integer, got {args.max_images}")
     if args.top < 1:

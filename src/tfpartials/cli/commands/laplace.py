@@ -45,6 +45,7 @@ def add_arguments(p) -> None:
 
 def _validate(args) -> None:
     from ..._checks import InputError, check_positive_float
+    from ..common import check_outputs
 
     check_positive_float("--prior-precision", args.prior_precision)
     check_positive_float("--sigma-noise", args.sigma_noise)
@@ -53,8 +54,7 @@ def _validate(args) -> None:
             raise InputError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
     if args.seed < 0:
         raise InputError(f"--seed: expected a non-negative integer, got {args.seed}")
-    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
-        raise InputError(f"--plot: expected a .png file name, got {args.plot!r}")
+    check_outputs(args)
     if args.optimize == "gridsearch" and args.val is None:
         raise InputError("--optimize gridsearch needs validation data: --val VAL")
 

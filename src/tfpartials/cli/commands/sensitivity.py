@@ -109,15 +109,10 @@ def sensitivity_figure(result, *, top_k: int = 20, dpi: int = 100):
 def run(args) -> int:
     from ..._checks import InputError
     from ...inputs.sensitivity import sensitivity
-    from ...reports.writers import check_output_path, save_json
-    from ..common import load_model_and_data, print_table
+    from ...reports.writers import save_json
+    from ..common import check_outputs, load_model_and_data, print_table
 
-    if args.out:
-        check_output_path(args.out, args.overwrite)
-    if args.plot:
-        if not str(args.plot).lower().endswith(".png"):
-            raise InputError(f"--plot: expected a .png file name, got {args.plot!r}")
-        check_output_path(args.plot, args.overwrite)
+    check_outputs(args)
     if args.bounds is not None and args.variances is not None:
         raise InputError("--bounds (uniform inputs) and --variances (normal inputs) exclude each other")
     bounds = parse_bounds(args.bounds)

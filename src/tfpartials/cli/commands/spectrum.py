@@ -44,6 +44,7 @@ def add_arguments(p) -> None:
 
 def _validate(args) -> None:
     from ..._checks import InputError
+    from ..common import check_outputs
 
     if args.top_k is not None and args.top_k < 0:
         raise InputError(f"--top-k: expected a non-negative integer, got {args.top_k}")
@@ -60,8 +61,7 @@ def _validate(args) -> None:
         raise InputError(f"--seed: expected a non-negative integer, got {args.seed}")
     if not args.tol > 0:
         raise InputError(f"--tol: expected a number > 0, got {args.tol}")
-    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
-        raise InputError(f"--plot: expected a .png file name, got {args.plot!r}")
+    check_outputs(args)
     if args.plot:
         args.density = True
     if args.top_k is None:
