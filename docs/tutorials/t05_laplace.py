@@ -1,8 +1,8 @@
 # %% [markdown]
 # # 5. Uncertainty with the Laplace approximation
 #
-# A network trained long on little data is over-confident: its softmax says 99% where it is right 94% of the
-# time. The Laplace approximation (MacKay 1992; Daxberger et al. 2021) puts a Gaussian over the weights at the
+# A network trained long on little data is over-confident: its softmax probabilities are higher than the rate
+# at which it is right. The Laplace approximation (MacKay 1992; Daxberger et al. 2021) puts a Gaussian over the weights at the
 # trained optimum, `N(θ*, (H + P₀)⁻¹)` with `H` the Gauss–Newton matrix of the summed negative log-likelihood
 # and `P₀` the prior precision. The linearised predictive with the probit approximation turns it into softer
 # probabilities without retraining. We first check the machinery where it is exact — Bayesian linear
