@@ -431,10 +431,15 @@ class Laplace:
         for delta in grid:
             p = np.full(self.n_params, float(delta))
             nll = 0.0
-            for start, stop, f, J in blocks:
-                pred = self._predict_block(f, J, p, link, n_samples, np.random.default_rng(self.seed))
-                nll += self._nll(pred, np.asarray(y)[start:stop])
+            try:
+                for start, stop, f, J in blocks:
+                    pred = self._predict_block(f, J, p, link, n_samples, np.random.default_rng(self.seed))
+                    nll += self._nll(pred, np.asarray(y)[start:stop])
+            except InputError:  # an indefinite posterior (Hessian curvature, tiny prior): not a candidate
+                nll = math.inf
             scores.append(nll)
+        if not np.any(np.isfinite(scores)):
+            raise InputError("no prior precision in the grid gives a positive definite posterior; use larger values")
         best = float(grid[int(np.argmin(scores))])
         self.prior_precision = best
         return best
