@@ -32,6 +32,8 @@ def test_there_are_tutorials():
     assert len(TUTORIALS) >= 4, [p.name for p in TUTORIALS]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is not None,
+                    reason="the strict site build below executes every tutorial and fails on any failed check")
 @pytest.mark.parametrize("script", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs_and_passes_its_checks(script, tmp_path):
     start = time.monotonic()
