@@ -1,19 +1,17 @@
-"""Session fixtures of the audit: every catalogue model built, saved, and differentiated once by JAX.
+"""Session fixtures of the audit: the committed catalogue models and their committed JAX reference.
 
-The JAX reference runs in ONE child process (``KERAS_BACKEND=jax``) for the whole matrix. Cells whose
-computation could crash the interpreter (vectorised paths through attention layers) run in another child,
-restarted after a crash (see ``isolated.py``). With ``TFPARTIALS_AUDIT_WRITE=1`` the session writes every cell's
-record to ``tests/soundness/results.json`` (``render.py`` turns it into ``docs/soundness.md``).
+``fixtures/`` holds every catalogue model saved as ``.keras`` and the float64 JAX reference of every quantity
+(``reference.npz``), both written by ``python -m tests.soundness.regenerate``; ``test_oracle.py`` re-runs the
+live JAX reference on a few of them so the pipeline itself stays checked. Cells whose computation could crash
+the interpreter (vectorised paths through attention layers) run in a child process, restarted after a crash
+(see ``isolated.py``). With ``TFPARTIALS_AUDIT_WRITE=1`` the session writes every cell's record to
+``tests/soundness/results.json`` (``render.py`` turns it into ``docs/soundness.md``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +19,10 @@ import numpy as np
 import pytest
 
 from tests.soundness import catalogue as C
+from tests.soundness.regenerate import DENSE_HESSIAN_LIMIT, FIXTURES, SECOND_OPINION  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).with_name("results.json")
-DENSE_HESSIAN_LIMIT = 300
-SECOND_OPINION = ("dense", "layer_norm", "batch_norm_training", "group_norm", "multi_head_attention",
-                  "transformer")
 
 
 @dataclass
@@ -40,79 +36,47 @@ class Built:
     path: str
     names: list       # tfpartials' parameter names, in trainable_variables order
     n: int
+    entry: dict       # the model's line in fixtures/manifest.json
 
 
 class Audit:
-    """The built models and the JAX reference, read model by model as the reference process writes it."""
+    """The committed models and their JAX reference arrays."""
 
-    def __init__(self, built: dict, root: Path, proc: subprocess.Popen, timeout: float = 600.0):
-        self.built, self.root, self.proc, self.timeout = built, root, proc, timeout
-        self.reference: dict[str, dict] = {}
-
-    def _load(self, key: str) -> dict:
-        if key not in self.reference:
-            path = self.root / "reference" / f"{key}.npz"
-            deadline = time.monotonic() + self.timeout
-            while not path.exists():
-                if self.proc.poll() is not None and not path.exists():
-                    err = (self.root / "jax_stderr.txt").read_text()
-                    pytest.fail(f"the JAX reference process ended (exit {self.proc.returncode}) without "
-                                f"{key}:\n{err[-3000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no JAX reference for {key} after {self.timeout:.0f} s")
-                time.sleep(0.05)
-            with np.load(path) as f:
-                self.reference[key] = {k.split(":", 1)[1]: f[k] for k in f.files}
-        return self.reference[key]
+    def __init__(self, built: dict, reference: dict, manifest: dict):
+        self.built, self.reference, self.manifest = built, reference, manifest
+        self.arrays = str(FIXTURES / "arrays.npz")
 
     def ref(self, key: str, name: str):
-        ref = self._load(key)
-        if "error" in ref:
-            pytest.fail(f"the JAX reference failed on {key}: {ref['error']}")
-        return ref.get(name)
+        return self.reference.get(f"{key}:{name}")
 
 
-def _build_all(root: Path) -> tuple[dict, dict]:
+def _load_all() -> Audit:
     import tfpartials as tp
 
-    built, arrays, entries = {}, {}, []
+    manifest = json.loads((FIXTURES / "manifest.json").read_text())
+    entries = {e["key"]: e for e in manifest["models"]}
+    with np.load(FIXTURES / "arrays.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    with np.load(FIXTURES / "reference.npz") as f:
+        reference = {k: f[k] for k in f.files if k.split(":", 1)[0] in C.CASES}
+    built = {}
     for case in C.CASES.values():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # LayerNormalization(rms_scaling=True) is deprecated, and audited
-            model, x, y = C.make(case)
-        path = str(root / f"{case.key}.keras")
-        model.save(path)
+        if case.key not in entries:
+            pytest.fail(f"no committed fixture for {case.key}: run python -m tests.soundness.regenerate")
+        path = str(FIXTURES / entries[case.key]["path"])
+        model = tp.load_model(path)
         names = list(tp.ParameterSpace(model).names)
         n = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
-        rng = np.random.default_rng([7, n])
-        v, u = rng.normal(size=n), rng.normal(size=n)
-        built[case.key] = Built(case, model, x, y, v, u, path, names, n)
-        for k, a in (("x", x), ("y", y), ("v", v), ("u", u)):
-            arrays[f"{case.key}:{k}"] = a
-        entries.append({"key": case.key, "path": path, "loss": case.loss, "training": case.training,
-                        "float_input": case.float_input, "dense_hessian": n <= DENSE_HESSIAN_LIMIT,
-                        "fd": case.key in SECOND_OPINION,
-                        "paths": [v.path for v in model.trainable_variables]})
-    np.savez(root / "arrays.npz", **arrays)
-    return built, {"arrays": str(root / "arrays.npz"), "models": entries}
+        k = case.key
+        built[k] = Built(case, model, arrays[f"{k}:x"], arrays[f"{k}:y"], arrays[f"{k}:v"], arrays[f"{k}:u"],
+                         path, names, n, entries[k])
+    return Audit(built, reference, manifest)
 
 
 @pytest.fixture(scope="session")
-def audit(tmp_path_factory):
-    """Build and save every model, then start the JAX reference process (it runs alongside the tests)."""
-    root = tmp_path_factory.mktemp("soundness")
-    built, manifest = _build_all(root)
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    (root / "reference").mkdir()
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    log = open(root / "jax_stderr.txt", "w")  # a file, not a pipe: a full pipe would block the child
-    proc = subprocess.Popen([sys.executable, "-m", "tests.soundness.jax_reference", str(root / "manifest.json"),
-                             str(root / "reference")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    yield Audit(built, root, proc)
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    log.close()
+def audit():
+    """Every committed catalogue model loaded once, with its reference arrays."""
+    return _load_all()
 
 
 _RECORDS: list[dict] = []

@@ -1,5 +1,6 @@
 """Turn the audit's ``results.json`` into ``docs/soundness.md``.
 
+    python -m tests.soundness.regenerate                             # after a catalogue change: fixtures
     TFPARTIALS_AUDIT_WRITE=1 python -m pytest tests/soundness -q     # writes tests/soundness/results.json
     python tests/soundness/render.py                                 # writes docs/soundness.md
 """
@@ -25,21 +26,47 @@ model (at most a few hundred parameters, {batch} examples) with a scalar loss. E
 by tfpartials' public API and compared with an **independent reference**: the same saved `.keras` file loaded
 on Keras' **JAX** backend in a separate process, rebuilt in float64, and differentiated with `jax.grad`,
 `jax.jvp` (forward-over-reverse HVP), `jax.hessian`, `jax.vmap(jax.grad)` and `jax.jacrev` on
-`model.stateless_call` (no TensorFlow involved). A few cells are also checked against float64 central
-differences of the loss.
+`model.stateless_call` (no TensorFlow involved). Keras' JAX backend is patched in that process only where it
+would compute in float32 (type promotion of float64, the attention softmax), and the reference checks its own
+traced program holds no float32 value. A few models are also checked against float64 central differences of
+the loss, independent of both autodiff engines.
+
+The saved models and the reference arrays are committed (`tests/soundness/fixtures/`, written by
+`python -m tests.soundness.regenerate`), so CI runs no JAX for the matrix; a test re-runs the live JAX
+reference on two of the files and requires the committed arrays back (to 1e-10), and another rebuilds every
+catalogue model from its seed and requires the committed weights and data exactly.
 
 A cell passes when the relative error, per parameter block, is within **1e-9** for `precision="float64"`
 and **1e-4** in float32; a block that is zero by symmetry (an attention key bias) is compared in absolute
-terms against the norm of the whole vector. Each cell shows its float64 result (float32 where only that ran):
+terms against the norm of the whole vector. Every quantity runs in float64 on every model; float32 (the
+default) runs for the gradient on every model and for every quantity on Dense,
+LayerNormalization and the transformer block. Each cell shows its worst result over the precisions that ran:
 
 * ✓ exact · ✓ᶠ exact through a slower path that tfpartials names in a `FallbackWarning` (listed below)
 * refused: tfpartials raises a one-line `InputError` naming the layer, instead of computing something wrong
 * – not applicable (integer token inputs have no input derivatives; training-mode batch statistics couple
   the examples, so per-example and input derivatives are undefined)
 
-Regenerate with `TFPARTIALS_AUDIT_WRITE=1 python -m pytest tests/soundness` then
-`python tests/soundness/render.py`. The audit runs in CI (`tests/soundness/`).
+Regenerate this page with `TFPARTIALS_AUDIT_WRITE=1 python -m pytest tests/soundness` then
+`python tests/soundness/render.py`. The audit runs in CI (`tests/soundness/`, {cells} cells).
 """
+
+
+NOTES = [
+    "Float64 attention (found by this audit, fixed): Keras' TensorFlow backend applies the attention scale "
+    "1/sqrt(key_dim) with `tf.cast(scale, logits.dtype)`, and `tf.cast` of a Python float goes through a float32 "
+    "tensor, so in a float64 model MultiHeadAttention and GroupQueryAttention scaled their logits by a float32 "
+    "constant (relative error 1.7e-8 for key_dim=2) and every derivative of the transformer block was off by "
+    "~2e-8. tfpartials' float64 copy (`precision=\"float64\"`, `tfpartials.io.precision`) now holds the scale "
+    "as a float64 scalar; a model built natively in float64 by the user still goes through Keras' rounding.",
+    "Moments (LayerNormalization, GroupNormalization, BatchNormalization in training): Keras' TensorFlow backend "
+    "takes the variance around `stop_gradient(mean)`, which drops a term of every second derivative; tfpartials "
+    "computes the statistics without it while it traces its own functions, which is what the ✓ above checks.",
+    "Native crashes: oneDNN's broadcasting `BatchMatMulV2` kernel crashed `tf.vectorized_map` through an attention "
+    "projection (per-example gradients of MultiHeadAttention); tfpartials rewrites that op while it vectorises. "
+    "The audit runs the attention models' per-example and Hessian cells in a child process restarted after a "
+    "crash, so a regression would show here as FAILED instead of killing the test run.",
+]
 
 
 def _worst(rows: list[dict]) -> dict:
@@ -54,7 +81,13 @@ def render(data: dict) -> str:
     for r in cells:
         layers.setdefault(r["case"], r["layer"])
         by.setdefault((r["case"], r["quantity"]), []).append(r)
-    lines = [INTRO.format(batch=data.get("batch", 4)), "## Matrix", "",
+    counts: dict[str, int] = {}
+    for r in cells:
+        if r["status"] != "n/a":
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    lines = [INTRO.format(batch=data.get("batch", 4), cells=sum(counts.values())), "## Matrix", "",
+             f"Cells checked (one per layer, quantity and precision): {summary}.", "",
              "| layer | " + " | ".join(HEADER[q] for q in ORDER) + " |",
              "|---|" + "---|" * len(ORDER)]
     fallbacks: dict[str, set] = {}
@@ -85,7 +118,7 @@ def render(data: dict) -> str:
     if failures:
         lines += ["", "## Open failures", ""]
         lines += [f"* {a} ({q}, {p}): {why}" for a, q, p, why in failures]
-    notes = data.get("notes", [])
+    notes = [*data.get("notes", []), *NOTES]
     if notes:
         lines += ["", "## Notes", ""] + [f"* {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -123,12 +123,31 @@ def copy_with_dtype(model, dtype: str):
         keras.config.set_dtype_policy(previous)
     _align_names(model, copy)
     _copy_variables(model, copy, dtype, what)
+    _exact_attention_scales(copy, dtype)
     for attr in ("_tfpartials_loss", "_tfpartials_source"):
         if hasattr(model, attr):
             setattr(copy, attr, getattr(model, attr))
     if getattr(copy, "_tfpartials_loss", None) is None and getattr(model, "loss", None) is not None:
         copy._tfpartials_loss = model.loss  # the compiled loss, so loss=None still finds it
     return copy
+
+
+def _exact_attention_scales(copy, dtype: str) -> None:
+    """Attention scales held as Python floats become scalars of ``dtype``.
+
+    Keras' TensorFlow backend applies ``scale`` with ``tf.cast(scale, logits.dtype)``, and ``tf.cast`` of a
+    Python float goes through a float32 tensor: in a float64 model, 1/sqrt(key_dim) is rounded to float32
+    (relative error up to 3e-8, e.g. for key_dim=2), which caps every derivative of MultiHeadAttention and
+    GroupQueryAttention at ~1e-8 instead of float64 round-off. A NumPy scalar of the right dtype is converted
+    without that rounding.
+    """
+    if dtype != "float64":
+        return
+    for layer in copy._flatten_layers(include_self=False):
+        for attr in ("_inverse_sqrt_key_dim", "_inverse_sqrt_head_dim"):
+            value = layer.__dict__.get(attr)
+            if type(value) is float:
+                setattr(layer, attr, np.float64(value))
 
 
 def _build_like(model, copy) -> None:
