@@ -111,7 +111,9 @@ def bench_model(name: str, examples: int, report: bool, report_examples: int | N
     rows.append(row("real: 64 HVPs at once", case, many, "s", "64 single HVPs", 64 * one,
                     first_call_s=round(first, 3), per_hvp_vs_gradient=round(many / 64 / grad, 3)))
 
-    class OneAtATime(type(op).__mro__[1]):  # LinearOperator: the products Lanczos makes, one width only
+    from tfpartials.linalg.operator import LinearOperator
+
+    class OneAtATime(LinearOperator):  # as the report: one compiled width for every estimator
         def __init__(self, parent):
             super().__init__(parent.n, parent.dtype, symmetric=True, psd=False, space=parent.space)
             self.parent = parent
@@ -123,10 +125,10 @@ def bench_model(name: str, examples: int, report: bool, report_examples: int | N
     t, eig = _timed(lambda: top_eigenvalues(single, k=1, tol=1e-3, max_matvecs=120, quiet=True))
     rows.append(row("real: top eigenvalue (tol 1e-3)", case, t, "s", "gradient", grad,
                     num_matvecs=int(eig.num_matvecs), converged=bool(eig.converged),
-                    value=float(eig.eigenvalues[0])))
+                    estimate=float(eig.eigenvalues[0])))
     t, tr = _timed(lambda: layerwise_trace(single, rel_tol=0.05, max_matvecs=60, block_size=8, quiet=True))
     rows.append(row("real: trace + per-layer (shared probes)", case, t, "s", "gradient", grad,
-                    num_matvecs=int(tr.num_matvecs), stopped=tr.stopped, value=float(tr.value),
+                    num_matvecs=int(tr.num_matvecs), stopped=tr.stopped, estimate=float(tr.value),
                     std_error=float(tr.std_error), layers=len(tr.blocks)))
     first, _ = _timed(lambda: tp.per_example_gradients(model, (x, y), loss, quiet=True, **kw))
     t, _ = _timed(lambda: tp.per_example_gradients(model, (x, y), loss, quiet=True, **kw))
@@ -186,7 +188,8 @@ def main(argv=None) -> int:
         else:
             rows.extend(bench_model(name, args.examples, not args.no_report, report_examples))
         print_rows(rows[-8:])
-    path = write("real", rows)
+        # after every model, so a crash keeps what was measured; a report-only run does not replace a full one
+        path = write("real_report" if args.report_only else "real", rows)
     print(f"wrote {path}")
     return 0
 

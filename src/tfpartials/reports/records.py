@@ -254,6 +254,18 @@ def summary_rows(results: Mapping[str, Any]) -> list[list[str]]:
             top = (r.get("per_feature") or [{}])[0].get("feature")
             if top is not None:
                 text += f"; most influential feature {top}"
+        elif key == "uncertainty":
+            cal = {c.get("metric"): c for c in r.get("calibration") or []}
+            ece, nll = cal.get("ece", {}), cal.get("nll", {})
+            text = (f"held-out ECE {_g(ece.get('map'))} (MAP) vs {_g(ece.get('laplace'))} (Laplace), NLL "
+                    f"{_g(nll.get('map'))} vs {_g(nll.get('laplace'))}")
+        elif key == "influence":
+            hi = (r.get("self_influence") or {}).get("highest") or [{}]
+            text = (f"{r.get('method')} over {_g(r.get('num_train'))} training examples; highest self-influence "
+                    f"example {_g(hi[0].get('example'))}")
+        elif key == "sensitivity":
+            top = (r.get("per_feature") or [{}])[0]
+            text = f"most sensitive feature {top.get('feature')} (share {_g(top.get('share'))})"
         elif key == "check":
             text = ("all derivatives agree with finite differences" if r.get("passed")
                     else "MISMATCH with finite differences: see the report")

@@ -41,6 +41,7 @@ DENSITY_PROBES, DENSITY_STEPS = 4, 30   # SLQ: probes x Lanczos steps
 CHECK_EXAMPLES, CHECK_DIRECTIONS = 32, 4  # finite-difference check: examples, seeded directions
 IG_STEPS = 32
 
+OVERRUN = 1.5  # a section whose share is spent still runs at its smallest size, until 1.5x the budget has passed
 _SEED_OFFSETS = {"gradients": 0, "per_example": 1, "curvature": 2, "attributions": 3, "check": 4,
                  "uncertainty": 5, "influence": 6, "sensitivity": 7}
 #: relative share of the time left that each section may plan for (the shares of sections not run carry over)
@@ -361,10 +362,12 @@ def _applies(plan: ReportPlan, key: str) -> bool:
     """False for a section that will skip itself at once (it gets no share of the time budget)."""
     if key == "uncertainty":
         return plan.eval_data is not None
-    if key == "sensitivity":
-        return plan.kind == "tabular"
-    if key == "attributions":
-        return plan.kind != "multi-input"
+    if key in ("sensitivity", "attributions"):
+        from .sections import _floating_input
+
+        if not _floating_input(plan.objective.model):
+            return False
+        return plan.kind == "tabular" if key == "sensitivity" else plan.kind != "multi-input"
     return True
 
 
@@ -377,7 +380,7 @@ def _run_section(plan: ReportPlan, key: str, i: int, results: dict, timing: dict
     t = time.perf_counter()
     if key in plan.skip:
         sec.status, sec.reason = "skipped", "skipped on request"
-    elif t - t0 > budget:
+    elif t - t0 > OVERRUN * budget:
         sec.status = "skipped"
         sec.reason = "the time budget was used up before this section started (raise --time-budget)"
     else:

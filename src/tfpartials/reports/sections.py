@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import InputError
 from .._tracing import short_reason
 from .records import Section
 
@@ -185,6 +184,17 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     t0 = time.perf_counter()
     op1.matmat(v)
     per_batch = plan.costs["hvp_batch"] = time.perf_counter() - t0
+    least = (k + 10) + 8 + 8                       # the fewest products worth reporting (Lanczos, trace, density)
+    if least * per_batch > plan.seconds_left() - plan.costs["hvp_trace"] and first.num_examples > 8:
+        # one batch is too dear even for that: fewer probe examples (a new batch shape, traced once more)
+        frac = (plan.seconds_left() - plan.costs["hvp_trace"]) / (least * per_batch)
+        fewer = int(max(8, min(first.num_examples - 1, 8 * int(first.num_examples * max(frac, 0.0) // 8))))
+        plan.reduce(sec, "probe examples", asked_examples, fewer, f"{per_batch:.3g} s per product on "
+                    f"{first.num_examples} examples")
+        per_batch *= fewer / first.num_examples
+        asked_examples = fewer
+        first = plan.subset(fewer)
+        op1 = operator(first)
     eig_cap = max(k + 20, 4 * (k + 10))          # Lanczos at tol 1e-3: usually k + 10 to 30 products
     expected = eig_cap + trace_mv + dens_probes * dens_steps
     batches = -(-asked_examples // bs)
@@ -552,7 +562,7 @@ def influence(plan, sec: Section, directory: Path | None, results: dict) -> None
     method = "ekfac"
     try:
         res = influence_scores(plan.model, train, (tx, ty), method=method, **common)
-    except (InputError, NotImplementedError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a layer EK-FAC does not cover: no curvature rather than nothing
         method = "tracin"
         sec.notes.append(f"EK-FAC does not cover this model ({short_reason(exc, 160)}); influence by TracIn "
                          "(gradient dot products, no curvature)")
@@ -594,8 +604,9 @@ def sensitivity(plan, sec: Section, directory: Path | None, results: dict) -> No
     with bootstrap intervals, over the data as a sample of the inputs."""
     from ..inputs.sensitivity import sensitivity as dgsm
 
-    if plan.kind != "tabular":
-        sec.status, sec.reason = "skipped", "sensitivity ranks input features: for tabular models only"
+    if plan.kind != "tabular" or not _floating_input(plan.objective.model):
+        sec.status, sec.reason = "skipped", ("sensitivity ranks the features of a real-valued tabular input: "
+                                             "for tabular models only")
         return
     per_example, trace = _gradient_costs(plan)
     rows = plan.fit(sec, "sensitivity rows", min(SENSITIVITY_ROWS, plan.data.num_examples), 2 * per_example,
