@@ -214,3 +214,41 @@ def test_an_explicit_method_that_cannot_be_built_is_refused_in_one_line():
     assert "\n" not in str(info.value)
     hv = tp.hvp(model, (x, y), np.ones(n, "float32"), loss="mse", method="reverse")  # the same numbers, exact
     assert all(np.all(np.isfinite(v)) for v in hv.values())
+
+
+def _activation_model(name):
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Activation(name, name="act")])
+    return model, np.linspace(-3.0, 3.0, 13)[:, None]
+
+
+def test_float64_gelu_derivative_matches_the_closed_form():
+    """tf.nn.gelu rounds its constants through float32; in scope the float64 derivative is exact."""
+    model, x = _activation_model("gelu")
+    got = tp.input_gradient(model, x, precision="float64")[:, 0]
+    from scipy.special import ndtr
+
+    z = x[:, 0]
+    expected = ndtr(z) + z * np.exp(-0.5 * z**2) / np.sqrt(2.0 * np.pi)  # Keras' gelu is exact: x Phi(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)
+
+
+class _ApproximateGelu(keras.layers.Layer):
+    def call(self, t):
+        return keras.ops.gelu(t, approximate=True)
+
+
+def test_float64_approximate_gelu_derivative_matches_the_closed_form():
+    model = keras.Sequential([keras.Input((1,)), _ApproximateGelu(name="gelu_tanh")])
+    x = np.linspace(-3.0, 3.0, 13)[:, None]
+    got = tp.input_gradient(model, x, precision="float64")[:, 0]
+    c, k, z = 0.044715, np.sqrt(2.0 / np.pi), x[:, 0]
+    t = np.tanh(k * (z + c * z**3))
+    expected = 0.5 * (1 + t) + 0.5 * z * (1 - t**2) * k * (1 + 3 * c * z**2)
+    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)
+
+
+def test_softsign_has_a_second_derivative_in_scope():
+    model, x = _activation_model("softsign")
+    got = tp.input_hessian(model, x, precision="float64")[:, 0, 0]
+    expected = -2.0 * np.sign(x[:, 0]) / (1.0 + np.abs(x[:, 0])) ** 3
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)

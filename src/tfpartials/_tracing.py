@@ -9,6 +9,10 @@ functions; the user's training code and models are untouched.
   BatchNormalization with ``training=True``) takes the variance around ``stop_gradient(mean)``. First
   derivatives are unchanged (the gradient through the mean is zero there) but every second derivative loses a
   term. In scope, moments are computed without the ``stop_gradient``: the same values, exact derivatives.
+* **GELU and softsign.** ``tf.nn.gelu`` casts its Python-float constants through float32, so a float64 model
+  computes a slightly different function (1e-9 relative); ``tf.nn.softsign``'s gradient op has no gradient, so
+  its second derivative raises. In scope, Keras' ``gelu`` uses constants of the input's dtype and ``softsign``
+  is ``x / (1 + |x|)``: the same function, exact derivatives of every order.
 * **Broadcast batch matmul.** oneDNN's ``BatchMatMulV2`` kernel crashes the process (SIGSEGV / abort) for some
   broadcasting shapes that ``tf.vectorized_map`` creates from an attention projection, e.g. ``(8, 1, 6, 8) @
   (8, 8)``. In scope, pfor converts ``BatchMatMulV2`` to a plain ``MatMul`` of the flattened rows when one side
@@ -60,6 +64,21 @@ def _keras_compute_moments(x, axes, keepdims):
     return _exact_moments(x, axes, keepdims=keepdims)
 
 
+def _exact_gelu(x, approximate=True):
+    """GELU with its constants in the input's dtype (``tf.nn.gelu`` rounds them through float32 first)."""
+    x = tf.convert_to_tensor(x)
+    if approximate:
+        c = tf.constant(0.044715, x.dtype)
+        return 0.5 * x * (1.0 + tf.tanh(tf.constant(0.7978845608028654, x.dtype) * (x + c * x * x * x)))
+    return 0.5 * x * tf.math.erfc(-x * tf.constant(0.7071067811865476, x.dtype))
+
+
+def _softsign(x):
+    """``x / (1 + |x|)``: the same values as ``tf.nn.softsign``, whose gradient op has no gradient of its own."""
+    x = tf.convert_to_tensor(x)
+    return x / (1.0 + tf.abs(x))
+
+
 # -- crash-free batch matmul under pfor ----------------------------------------------------------------------------
 def _safe_batch_matmul(pfor_input):
     """pfor rule for ``BatchMatMulV2`` that never hands oneDNN a broadcasting batch matmul."""
@@ -93,6 +112,8 @@ def _patches() -> list[tuple[object, str, object]]:
     out: list[tuple[object, str, object]] = [
         (keras_tf_nn, "_compute_moments", _keras_compute_moments),
         (tf.nn, "moments", _exact_moments),
+        (keras_tf_nn, "gelu", _exact_gelu),
+        (keras_tf_nn, "softsign", _softsign),
     ]
     registry = pfor._pfor_converter_registry
     for op in ("BatchMatMulV2", "BatchMatMulV3"):

@@ -97,8 +97,8 @@ def copy_with_dtype(model, dtype: str):
     """A copy of ``model`` whose floating variables and computations use ``dtype`` (see module docstring)."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
-    if not model.built or not model.weights:
-        raise InputError("expected a built Keras model with weights; call it on data or build() it first")
+    if not model.built:
+        raise InputError("expected a built Keras model; call it on data or build() it first")
     what = f"cannot rebuild the model in {dtype}"
     try:
         config = model.get_config()
@@ -212,7 +212,10 @@ def _dtypes_in_use(model) -> set[str]:
     found = {tf.as_dtype(v.dtype).name for v in model.weights if tf.as_dtype(v.dtype).is_floating}
     for layer in [model, *model._flatten_layers(include_self=False)]:
         compute = getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None)
-        if isinstance(compute, str) and compute.startswith(_FLOAT_PREFIXES) and layer.weights:
+        # every computing layer counts, with or without weights (an Activation or Softmax in float32 would
+        # otherwise leave a "float64" model computing partly in float32); input layers compute nothing
+        if (isinstance(compute, str) and compute.startswith(_FLOAT_PREFIXES)
+                and not isinstance(layer, keras.layers.InputLayer)):
             found.add(compute)
     return found
 
