@@ -252,3 +252,10 @@ def test_softsign_has_a_second_derivative_in_scope():
     got = tp.input_hessian(model, x, precision="float64")[:, 0, 0]
     expected = -2.0 * np.sign(x[:, 0]) / (1.0 + np.abs(x[:, 0])) ** 3
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_float64_leaky_relu_slope_is_exact():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Activation("leaky_relu", name="act")])
+    x = np.array([[-2.0], [-0.5], [1.5]])
+    got = tp.input_gradient(model, x, precision="float64")[:, 0]
+    np.testing.assert_array_equal(got, [0.2, 0.2, 1.0])  # 0.2 exactly, not float32(0.2)

@@ -9,9 +9,10 @@ functions; the user's training code and models are untouched.
   BatchNormalization with ``training=True``) takes the variance around ``stop_gradient(mean)``. First
   derivatives are unchanged (the gradient through the mean is zero there) but every second derivative loses a
   term. In scope, moments are computed without the ``stop_gradient``: the same values, exact derivatives.
-* **GELU and softsign.** ``tf.nn.gelu`` casts its Python-float constants through float32, so a float64 model
-  computes a slightly different function (1e-9 relative); ``tf.nn.softsign``'s gradient op has no gradient, so
-  its second derivative raises. In scope, Keras' ``gelu`` uses constants of the input's dtype and ``softsign``
+* **GELU, leaky ReLU and softsign.** ``tf.nn.gelu`` casts its Python-float constants through float32 and
+  ``tf.nn.leaky_relu`` holds its slope as a float32 attribute, so a float64 model computes a slightly different
+  function (1e-9 relative); ``tf.nn.softsign``'s gradient op has no gradient, so
+  its second derivative raises. In scope, Keras' ``gelu`` and ``leaky_relu`` use constants of the input's dtype and ``softsign``
   is ``x / (1 + |x|)``: the same function, exact derivatives of every order.
 * **Broadcast batch matmul.** oneDNN's ``BatchMatMulV2`` kernel crashes the process (SIGSEGV / abort) for some
   broadcasting shapes that ``tf.vectorized_map`` creates from an attention projection, e.g. ``(8, 1, 6, 8) @
@@ -73,6 +74,12 @@ def _exact_gelu(x, approximate=True):
     return 0.5 * x * tf.math.erfc(-x * tf.constant(0.7071067811865476, x.dtype))
 
 
+def _leaky_relu(x, negative_slope=0.2):
+    """``tf.nn.leaky_relu`` holds the slope as a float32 op attribute; here it has the input's dtype."""
+    x = tf.convert_to_tensor(x)
+    return tf.where(x >= 0, x, tf.constant(negative_slope, x.dtype) * x)
+
+
 def _softsign(x):
     """``x / (1 + |x|)``: the same values as ``tf.nn.softsign``, whose gradient op has no gradient of its own."""
     x = tf.convert_to_tensor(x)
@@ -114,6 +121,7 @@ def _patches() -> list[tuple[object, str, object]]:
         (tf.nn, "moments", _exact_moments),
         (keras_tf_nn, "gelu", _exact_gelu),
         (keras_tf_nn, "softsign", _softsign),
+        (keras_tf_nn, "leaky_relu", _leaky_relu),
     ]
     registry = pfor._pfor_converter_registry
     for op in ("BatchMatMulV2", "BatchMatMulV3"):
