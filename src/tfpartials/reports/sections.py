@@ -185,13 +185,15 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     op1.matmat(v)
     per_batch = plan.costs["hvp_batch"] = time.perf_counter() - t0
     least = (k + 10) + 8 + 8                       # the fewest products worth reporting (Lanczos, trace, density)
-    if least * per_batch > plan.seconds_left() - plan.costs["hvp_trace"] and first.num_examples > 8:
-        # one batch is too dear even for that: fewer probe examples (a new batch shape, traced once more)
-        frac = (plan.seconds_left() - plan.costs["hvp_trace"]) / (least * per_batch)
+    retrace = plan.costs["hvp_trace"]
+    if (least * per_batch > plan.seconds_left() and retrace < 0.5 * least * per_batch
+            and first.num_examples > 8):
+        # one batch is too dear even for that, and tracing a smaller one pays: fewer probe examples
+        frac = (plan.seconds_left() - retrace) / (least * per_batch)
         fewer = int(max(8, min(first.num_examples - 1, 8 * int(first.num_examples * max(frac, 0.0) // 8))))
         plan.reduce(sec, "probe examples", asked_examples, fewer, f"{per_batch:.3g} s per product on "
                     f"{first.num_examples} examples")
-        per_batch *= fewer / first.num_examples
+        per_batch *= max(fewer / first.num_examples, 0.25)  # small batches do not get proportionally cheaper
         asked_examples = fewer
         first = plan.subset(fewer)
         op1 = operator(first)
@@ -537,6 +539,7 @@ def uncertainty(plan, sec: Section, directory: Path | None, results: dict) -> No
 INFLUENCE_TEST = 4      # test examples whose most helpful / harmful training examples are listed
 INFLUENCE_TOP = 3
 INFLUENCE_TRAIN = 1024  # most training examples scored
+EKFAC_MAX_PARAMETERS = 100_000  # above this the report uses TracIn (MobileNetV2: EK-FAC took minutes)
 
 
 def influence(plan, sec: Section, directory: Path | None, results: dict) -> None:
@@ -560,6 +563,10 @@ def influence(plan, sec: Section, directory: Path | None, results: dict) -> None
     test_from = "held-out" if plan.eval_data is not None else "training"
     common = dict(loss=plan.loss, damping=1e-3, quiet=True, wrt=plan.settings["wrt"])
     method = "ekfac"
+    if plan.space.size > EKFAC_MAX_PARAMETERS:  # EK-FAC's factor eigendecompositions and passes: too slow here
+        method = "tracin"
+        sec.notes.append(f"{plan.space.size} parameters: influence by TracIn (gradient dot products, no "
+                         f"curvature); EK-FAC is used up to {EKFAC_MAX_PARAMETERS} parameters")
     try:
         res = influence_scores(plan.model, train, (tx, ty), method=method, **common)
     except Exception as exc:  # noqa: BLE001 - a layer EK-FAC does not cover: no curvature rather than nothing
