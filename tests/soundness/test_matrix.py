@@ -29,28 +29,31 @@ ISOLATED = {"per_example", "hessian"}  # run in a restartable child for attentio
 
 
 # Cells known to fail, each with its diagnosis; strict, so a fix turns them into a failure to remove here.
-_GELU = ("TensorFlow's tf.nn.gelu (Keras' TensorFlow gelu) applies its constants with math_ops.cast(<Python "
-         "float>, dtype), which goes through a float32 tensor: in float64, GELU's 1/sqrt(2) (and 0.044715 in the "
-         "tanh form) carry float32 round-off, so float64 derivatives through it agree with float64 JAX to ~1e-8, "
-         "not 1e-9 (float32 cells pass)")
+_ORDER = ("OPEN, not diagnosed as outside tfpartials: exact to 1e-14 when run alone or in a fresh process, "
+          "~1e-8 (float32-like round-off, via the GELU branches / the transformer's GELU feed-forward) after the "
+          "rest of the matrix ran in the same process: state leaks between cells (a global patch or dtype setting "
+          "left behind, in tfpartials or Keras), not yet located")
 _SOFTSIGN = ("TensorFlow registers no gradient for SoftsignGrad, so no second derivative through softsign can be "
-             "traced; today tfpartials lets the StagingError / an InputError that does not name the layer through "
-             "(the other activation branches cannot be checked in these cells)")
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("transformer", "float64"): "the feed-forward GELU: " + _GELU,
-    ("activations", "gradient-float64"): _GELU,
-    ("activations", "per_example-float64"): _GELU,
-    ("activations", "input_jacobian-float64"): _GELU + "; also tf.nn.leaky_relu holds alpha as a float32 op "
-                                               "attribute (1.7e-9)",
-    **{("activations", f"{q}-float64"): _SOFTSIGN
+             "traced; tfpartials should refuse in one line naming the layer but lets a StagingError / an InputError "
+             "without the layer's name through (the other activation branches cannot be checked in these cells)")
+# (reason, strict): strict where the failure is deterministic, not strict for the order-dependent one
+KNOWN_FAILURES: dict[tuple[str, str], tuple[str, bool]] = {
+    **{("transformer", f"{q}-float64"): (_ORDER, False)
+       for q in ("gradient", "hvp_forward", "hvp_reverse", "hvp_loop", "hessian", "ggn", "per_example")},
+    **{("activations", f"{q}-float64"): (_ORDER, False) for q in ("gradient", "per_example", "input_jacobian")},
+    **{("activations", f"{q}-float64"): (_SOFTSIGN, True)
        for q in ("hvp_forward", "hvp_reverse", "hvp_loop", "hessian", "ggn", "input_hessian", "laplacian")},
-    ("activations", "hvp_reverse-float32"): _SOFTSIGN,  # runs only if float32 HVPs return to every model
+    ("activations", "hvp_reverse-float32"): (_SOFTSIGN, True),  # runs only if float32 HVPs return to every model
 }
 
 
+def _known(key: str, quantity: str, precision: str) -> str | None:
+    return KNOWN_FAILURES.get((key, f"{quantity}-{precision}"), (None, True))[0]
+
+
 def _param(key: str, quantity: str, precision: str):
-    reason = KNOWN_FAILURES.get((key, precision)) or KNOWN_FAILURES.get((key, f"{quantity}-{precision}"))
-    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    reason, strict = KNOWN_FAILURES.get((key, f"{quantity}-{precision}"), (None, True))
+    marks = [pytest.mark.xfail(strict=strict, reason=reason)] if reason else []
     return pytest.param(key, quantity, precision, marks=marks, id=f"{key}-{quantity}-{precision}")
 
 
@@ -128,6 +131,13 @@ def _judge(record: dict, outcome: Q.Outcome, precision: str) -> None:
                             f"(whole: {record['rel_error']:.3g}) > {TOLERANCE[precision]:g}")
 
 
+def _mark_known(record: dict, known: str | None) -> None:
+    """A failing record of a cell in KNOWN_FAILURES is shown as a known failure (the test still xfails)."""
+    if known and record["status"] == "FAILED":
+        record["status"] = "known-failure"
+        record["reason"] = f"{known} (measured: {record.get('reason', '').splitlines()[0][:200]})"
+
+
 def _names_layer(message: str, model) -> bool:
     layers = [model, *model._flatten_layers(include_self=False)]
     return any(layer.name in message or type(layer).__name__ in message for layer in layers)
@@ -203,8 +213,10 @@ def test_cell(request, audit, records, key, quantity, precision):
                 sub.update(compare(quantity, pick(value), pick(reference), [b.names[j] for j in keep],
                                    [sizes[j] for j in keep]))
             _judge(sub, outcome, precision)
+            failing = sub["status"] == "FAILED"
+            _mark_known(sub, _known(key, quantity, precision))
             records.append(sub)
-            if sub["status"] == "FAILED":
+            if failing:
                 failed.append(f"{branch}: {sub['reason']}")
         assert not failed, f"{key} {quantity} {precision}: " + "; ".join(failed)
         return
@@ -212,8 +224,10 @@ def test_cell(request, audit, records, key, quantity, precision):
         record.update(compare(quantity, np.asarray(outcome.value, dtype="float64"), np.asarray(ref), b.names,
                               sizes))
         _judge(record, outcome, precision)
+    failing = record["status"] == "FAILED"
+    _mark_known(record, _known(key, quantity, precision))
     records.append(record)
-    assert record["status"] != "FAILED", f"{key} {quantity} {precision}: {record.get('reason')}"
+    assert not failing, f"{key} {quantity} {precision}: {record.get('reason')}"
 
 
 @pytest.mark.parametrize("key", [k for k in SECOND_OPINION if k in C.CASES])
