@@ -67,7 +67,7 @@ _ALIASES: dict[str, str] = {
     "sensitivity": "sensitivity", "dgsm": "sensitivity",
 }
 
-Status = str  # "ok" | "skipped" | "failed" | "unavailable"
+Status = str  # "ok" | "skipped" | "failed"
 
 
 def canonical_section(name: str) -> str:
@@ -83,7 +83,7 @@ def canonical_section(name: str) -> str:
 
 @dataclass
 class Section:
-    """One section's outcome: ``status`` ``ok``/``skipped``/``failed``/``unavailable``, its numbers, plots and
+    """One section's outcome: ``status`` ``ok``/``skipped``/``failed``, its numbers, plots and
     ``notes`` (warnings raised while it ran, e.g. a slower fallback path) and ``reduced`` (settings cut to fit
     the time budget: ``{"what", "asked", "used"}``)."""
 

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from .._checks import InputError, check_choice, check_positive_float, check_positive_int, check_seed
-from .._tracing import captured_tf_logs, short_reason
 from .records import REPORT_FORMAT, SECTIONS, Section, canonical_section, now_iso
 
 __all__ = ["build_report", "plan_report", "run_plan", "ReportPlan", "DEFAULT_NUM_MATVECS", "DEFAULT_TIME_BUDGET",
@@ -235,6 +234,8 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
             raise InputError(f"feature_names: expected {width} names (one per input feature), got {len(names)}")
     elif feature_names is not None:
         raise TypeError(f"feature_names: expected a sequence of names, got {feature_names!r}")
+    from .._tracing import captured_tf_logs
+
     with captured_tf_logs():
         _preflight(obj, d)
     if data_file is not None:
@@ -302,16 +303,6 @@ def _layers(space) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
-def _unavailable(exc: ImportError) -> str | None:
-    """A reason when ``exc`` says a part of tfpartials is missing (rather than a bug inside one)."""
-    name = getattr(exc, "name", "") or ""
-    if isinstance(exc, ModuleNotFoundError) and name.startswith("tfpartials"):
-        return f"this part of tfpartials ({name}) is not available in this installation"
-    if "cannot import name" in str(exc) and "tfpartials" in str(exc):
-        return f"this part of tfpartials is not available in this installation ({short_reason(exc)})"
-    return None
-
-
 def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run every section of ``plan``; with ``directory``, write the PNGs, ``results.json`` and ``index.html``."""
     from .records import provenance
@@ -335,6 +326,8 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
     budget = float(plan.settings["time_budget_seconds"])
     plan.deadline = t0 + budget
     todo = [k for k in SECTIONS if k not in plan.skip and _applies(plan, k)]
+    from .._tracing import captured_tf_logs
+
     with captured_tf_logs():
         for i, key in enumerate(SECTIONS):
             later = sum(SECTION_WEIGHTS.get(k, 1.0) for k in todo if SECTIONS.index(k) >= i)
@@ -391,15 +384,11 @@ def _run_section(plan: ReportPlan, key: str, i: int, results: dict, timing: dict
                     S.RUNNERS[key](plan, sec, d, results)
                 finally:
                     sec.notes.extend(n for n in _notes(caught) if n not in sec.notes)
-        except ImportError as exc:
-            why = _unavailable(exc)
-            if why is None:
-                sec.status, sec.reason = "failed", short_reason(exc, 400)
-            else:
-                sec.status, sec.reason = "unavailable", why
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a failing section is recorded and shown, not fatal
+            from .._tracing import short_reason
+
             sec.status, sec.reason = "failed", short_reason(exc, 400)  # numbers before the failure are kept
     timing[key] = round(time.perf_counter() - t, 3)
     if key not in plan.skip:  # one line per section: what ran, how it ended, how long it took

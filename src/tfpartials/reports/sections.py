@@ -2,8 +2,8 @@
 
 Each fills ``section.results`` (JSON-ready numbers, lists of records rather than dicts keyed by names) and
 ``section.plots`` (``{"file", "caption"}``, the PNG written into ``directory`` when there is one), and may set
-headline numbers in ``results["summary"]``. Each imports what it needs inside the function, so a part of
-tfpartials that is missing only marks its section as unavailable.
+headline numbers in ``results["summary"]``. Each imports what it needs inside the function (the command
+line's help stays free of TensorFlow); any failure marks only its own section as failed.
 """
 
 from __future__ import annotations
