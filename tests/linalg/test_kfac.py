@@ -435,3 +435,19 @@ def test_ekfac_traces_each_compiled_pass_once(caplog):
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
     xa = np.concatenate([x, np.ones((7, 1))], axis=1).astype(np.float64)   # linear model: EKFAC = GGN
     np.testing.assert_allclose(E.to_dense().numpy(), 2 * xa.T @ xa / 7, rtol=1e-4, atol=1e-6)
+
+
+def test_projections_inside_attention_are_refused_in_one_line_and_can_be_left_out():
+    _k = keras
+    _k.utils.set_random_seed(0)
+    inp = _k.Input((4, 6))
+    h = _k.layers.MultiHeadAttention(2, 3, name="mha")(inp, inp)
+    out = _k.layers.Dense(2, name="head")(_k.layers.GlobalAveragePooling1D()(h))
+    model = _k.Model(inp, out)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 4, 6)).astype("float32"), rng.normal(size=(5, 2)).astype("float32")
+    with pytest.raises(InputError, match="'mha/query' runs inside 'mha' \\(MultiHeadAttention\\)") as info:
+        KFACOperator(model, (x, y), loss="mse", quiet=True)
+    assert "\n" not in str(info.value)
+    op = KFACOperator(model, (x, y), loss="mse", wrt=["head/*"], quiet=True)
+    assert [b.layer for b in op.blocks] == ["head"]

@@ -58,15 +58,18 @@ class Tapped:
         return (self.d_in if self.kernel is not None else 0) + (1 if self.bias is not None else 0)
 
 
-def _iter_layers(layer, prefix=""):
+def _iter_layers(layer, prefix="", inside=None):
+    """``(layer, path, inside)``: every nested layer; ``inside`` is the non-model layer whose own ``call`` runs it
+    (e.g. a MultiHeadAttention's projections), None for layers that are nodes of a (nested) functional graph."""
     subs = getattr(layer, "_layers", None)
     if subs is None:
         subs = getattr(layer, "layers", [])
     for sub in subs:
         if isinstance(sub, keras.layers.Layer):
             path = f"{prefix}{sub.name}"
-            yield sub, path
-            yield from _iter_layers(sub, path + "/")
+            yield sub, path, inside
+            owner = inside if inside is not None or isinstance(sub, keras.Model) else sub
+            yield from _iter_layers(sub, path + "/", owner)
 
 
 def _einsum_plan(layer) -> dict:
@@ -105,10 +108,14 @@ def find_layers(model, space) -> tuple[list[Tapped], list[tuple[str, Any]]]:
     tapped: list[Tapped] = []
     diagonal: list[tuple[str, Any]] = []
     claimed: set[int] = set()
-    for layer, path in _iter_layers(model):
+    for layer, path, inside in _iter_layers(model):
         own = [v for v in getattr(layer, "_trainable_variables", []) if id(v) in selected]
         if not own:
             continue
+        if inside is not None and _spec(layer, path, selected) is not None:
+            raise InputError(f"KFAC: layer {path!r} runs inside {inside.name!r} ({type(inside).__name__})'s own "
+                             "call, where its inputs cannot be captured without changing the model; not supported "
+                             f"yet: exclude its variables with wrt=... (e.g. every variable but '{inside.name}/*')")
         if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
             raise InputError(f"KFAC: layer {path!r} is LoRA-enabled or quantised; not supported (exclude it "
                              "with wrt=...)")
