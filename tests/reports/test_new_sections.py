@@ -95,3 +95,63 @@ def test_a_failing_new_section_never_stops_the_others(monkeypatch):
     assert st["influence"] == "failed" and "deliberately broken" in res["sections"]["influence"]["reason"]
     assert st["sensitivity"] == st["attributions"] == st["gradients"] == "ok"
     assert st["uncertainty"] == "skipped"  # no held-out data
+
+
+def test_gradients_section_shows_each_outputs_share_of_the_gradient(tmp_path):
+    """Two heads with their own losses: shares <w_k g_k, g> / |g|^2 against plain tapes on each head's loss."""
+    import keras
+    import tensorflow as tf
+
+    from tfpartials.reports.run import build_report
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3,))
+    h = keras.layers.Dense(4, activation="tanh", name="h")(inp)
+    model = keras.Model(inp, [keras.layers.Dense(1, name="price")(h), keras.layers.Dense(1, name="size")(h)])
+    model.compile(loss={"price": "mse", "size": "mae"}, loss_weights={"price": 1.0, "size": 0.5})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = [rng.normal(size=(16, 1)).astype("float32"), rng.normal(size=(16, 1)).astype("float32")]
+    res = build_report(model, (x, y), None, tmp_path / "r", quiet=True,
+                       skip=["per-example", "curvature", "attributions", "check"])
+    sec = res["sections"]["gradients"]
+    assert sec["status"] == "ok", sec["reason"]
+    rows = {r["term"]: r for r in sec["results"]["per_output"]}
+    with tf.GradientTape(persistent=True) as tape:
+        p, s = model(x)
+        lp = tf.reduce_mean(tf.square(p - y[0]))
+        ls = 0.5 * tf.reduce_mean(tf.abs(s - y[1]))
+    def flat(loss):  # a head's loss does not reach the other head: zeros there
+        grads = tape.gradient(loss, model.trainable_variables)
+        return np.concatenate([np.ravel(np.zeros(v.shape) if g is None else g)
+                               for g, v in zip(grads, model.trainable_variables)])
+
+    gp, gs = flat(lp), flat(ls)
+    g = gp + gs
+    np.testing.assert_allclose(rows["price"]["share_of_gradient"], gp @ g / (g @ g), rtol=1e-4)
+    np.testing.assert_allclose(rows["size"]["share_of_gradient"], gs @ g / (g @ g), rtol=1e-4)
+
+
+def test_token_models_get_per_token_attributions_as_coloured_text(tmp_path):
+    import keras
+
+    from tfpartials.reports.run import build_report
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,), dtype="int32")
+    e = keras.layers.Embedding(12, 4, name="embedding")(inp)
+    out = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling1D()(e))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 12, size=(8, 5)).astype("int32")
+    y = rng.integers(0, 3, size=8)
+    res = build_report(model, (x, y), "sparse_categorical_crossentropy", tmp_path / "r", quiet=True,
+                       from_logits=True, skip=["per-example", "curvature", "check"])
+    sec = res["sections"]["attributions"]
+    assert sec["status"] == "ok", sec["reason"]
+    assert (tmp_path / "r" / "attributions.png").is_file()
+    for row in sec["results"]["per_example"]:
+        i, c = row["example"], row["explained"]
+        fx = model(x[i:i + 1]).numpy()[0, c]
+        f0 = model(np.zeros((1, 5), "int32")).numpy()[0, c]           # baseline: padding id 0 everywhere
+        assert abs(sum(row["scores"]) - (fx - f0)) <= 0.01 * abs(fx - f0) + 1e-6

@@ -213,3 +213,38 @@ def plot_attributions(x, attributions, path: str | os.PathLike, *, feature_names
     if x.ndim in (3, 4):
         return plot_image_attributions(x, attributions, path, overwrite=overwrite, **options)
     raise InputError(f"plot: expected inputs (B, F) or images (B, H, W[, C]), got shape {x.shape}")
+
+
+# ------------------------------------------------------------------------------------------------ tokens
+def token_attribution_figure(tokens, scores, *, max_examples: int = 8, labels: Sequence[Any] | None = None):
+    """Each example's tokens as a line of text, each token on a colour by its score: red raises the explained
+    output, blue lowers it, on one scale per example (its largest |score|)."""
+    from matplotlib import colormaps
+
+    tokens = np.asarray(tokens)[:max_examples]
+    scores = np.asarray(scores, dtype=np.float64)[:max_examples]
+    rows, length = scores.shape
+    left = 1.4 if labels is not None else 0.0
+    fig = _new_figure(min(2.0 + 0.75 * (length + left), 16.0), 0.55 * rows + 0.9, 110)
+    ax = fig.add_axes([0.01, 0.01, 0.98, 0.98 - 0.35 / (0.55 * rows + 0.9)])
+    ax.set_xlim(-left, length)
+    ax.set_ylim(rows - 0.4, -0.6)
+    ax.axis("off")
+    cmap = colormaps["RdBu_r"]
+    for i in range(rows):
+        scale = np.max(np.abs(scores[i])) or 1.0
+        for j in range(length):
+            r = scores[i, j] / scale
+            ax.text(j + 0.5, i, str(tokens[i, j]), ha="center", va="center", fontsize=9,
+                    color="white" if abs(r) > 0.6 else "black",
+                    bbox={"boxstyle": "round,pad=0.25", "facecolor": cmap(0.5 + 0.5 * r), "edgecolor": "none"})
+        if labels is not None:
+            ax.text(-0.1, i, str(labels[i]), ha="right", va="center", fontsize=8, color="0.3")
+    fig.suptitle("Token attributions (integrated gradients at the embedding): red raises, blue lowers",
+                 fontsize=9, x=0.01, ha="left", y=0.99, va="top")
+    return fig
+
+
+def plot_token_attributions(tokens, scores, path: str | os.PathLike, *, overwrite: bool = True, **kwargs) -> Path:
+    """:func:`token_attribution_figure` written to ``path`` (PNG)."""
+    return save_figure(token_attribution_figure(tokens, scores, **kwargs), path, overwrite=overwrite)

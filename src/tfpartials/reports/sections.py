@@ -71,6 +71,13 @@ def gradients(plan, sec: Section, directory: Path | None, results: dict) -> None
     loss_value = _f(value.numpy())
     sec.results = {"loss": loss_value, "total_norm": total, "num_examples": int(plan.data.num_examples),
                    "per_variable": per_var, "per_layer": per_layer}
+    if type(obj.loss).__name__ == "MultiLoss":  # several outputs, each with its loss: each one's share of g
+        from ..autodiff.multi_output import output_gradient_shares
+
+        shares = output_gradient_shares(obj.model, plan.data, obj.loss, obj.space.names, quiet=True)
+        sec.results["per_output"] = [
+            {"term": n, "weight": _f(w), "loss": _f(v), "share_of_gradient": _f(sh), "norm": _f(nm)}
+            for n, w, v, sh, nm in zip(shares.names, shares.weights, shares.values, shares.shares, shares.norms)]
     results["loss"]["value"] = loss_value
     results["summary"]["loss"] = loss_value
     results["summary"]["gradient_norm"] = total
@@ -348,8 +355,11 @@ def attributions(plan, sec: Section, directory: Path | None, results: dict) -> N
         sec.status, sec.reason = "skipped", "attributions need a model with one input"
         return
     if not _floating_input(plan.objective.model):
-        sec.status, sec.reason = "skipped", ("the model input is not floating-point (e.g. token ids), so it has no "
-                                             "gradient to attribute")
+        if _has_embedding(plan.objective.model):
+            _token_attributions(plan, sec, directory)
+            return
+        sec.status, sec.reason = "skipped", ("the model input is not floating-point (e.g. token ids) and has no "
+                                             "Embedding layer to attribute at")
         return
     count = ATTRIBUTED_ROWS if plan.kind == "tabular" else ATTRIBUTED_IMAGES
     steps = int(plan.settings["integrated_gradients_steps"])
@@ -398,6 +408,38 @@ def attributions(plan, sec: Section, directory: Path | None, results: dict) -> N
                                         directory / "attributions.png", feature_names=names)
         caption = "Mean absolute attribution per input feature (saliency and integrated gradients)."
     sec.plots.append({"file": "attributions.png", "caption": caption})
+
+
+def _has_embedding(model) -> bool:
+    from .._backend import keras
+
+    return any(isinstance(layer, keras.layers.Embedding) for layer in model._flatten_layers(include_self=False))
+
+
+def _token_attributions(plan, sec: Section, directory: Path | None) -> None:
+    """Token models: integrated gradients at the embedding, one score per token, rendered as coloured text."""
+    from ..attribution.tokens import token_attributions
+
+    per_example, trace = _gradient_costs(plan)
+    steps = plan.fit(sec, "integrated-gradients steps", int(plan.settings["integrated_gradients_steps"]),
+                     per_example * ATTRIBUTED_ROWS, fixed=2 * trace, minimum=8, unit="step")
+    x, _ = plan.data.first(ATTRIBUTED_ROWS)
+    res = token_attributions(plan.objective.model, x, steps=steps)
+    scores = np.asarray(res.scores, dtype=np.float64)
+    sec.results = {"num_attributed": int(scores.shape[0]), "integrated_gradients_steps": int(steps),
+                   "layer": res.layer, "max_completeness_delta": _f(np.max(np.abs(res.delta))),
+                   "per_example": [{"example": i, "explained": int(res.targets[i]),
+                                    "tokens": [str(t) for t in res.tokens[i]],
+                                    "scores": [_f(v) for v in scores[i]]} for i in range(scores.shape[0])]}
+    if directory is None:
+        return
+    from . import plots
+
+    plots.plot_token_attributions(res.tokens, scores, directory / "attributions.png",
+                                  labels=[f"class {int(t)}" for t in res.targets])
+    sec.plots.append({"file": "attributions.png", "caption": (
+        "Per-token integrated gradients at the embedding: red tokens raise the explained class's score, blue ones "
+        "lower it (one colour scale per example).")})
 
 
 def _floating_input(model) -> bool:
