@@ -28,23 +28,10 @@ FULL_FLOAT32 = ("dense", "layer_norm", "transformer")
 ISOLATED = {"per_example", "hessian"}  # run in a restartable child for attention models (native crashes)
 
 
-# Cells known to fail, each with its diagnosis; strict, so a fix turns them into a failure to remove here.
-_ORDER = ("OPEN, not diagnosed as outside tfpartials: exact to 1e-14 when run alone or in a fresh process, "
-          "~1e-8 (float32-like round-off, via the GELU branches / the transformer's GELU feed-forward) after the "
-          "rest of the matrix ran in the same process: state leaks between cells (a global patch or dtype setting "
-          "left behind, in tfpartials or Keras), not yet located")
-_SOFTSIGN = ("TensorFlow registers no gradient for SoftsignGrad, so no second derivative through softsign can be "
-             "traced; tfpartials should refuse in one line naming the layer but lets a StagingError / an InputError "
-             "without the layer's name through (the other activation branches cannot be checked in these cells)")
-# (reason, strict): strict where the failure is deterministic, not strict for the order-dependent one
-KNOWN_FAILURES: dict[tuple[str, str], tuple[str, bool]] = {
-    **{("transformer", f"{q}-float64"): (_ORDER, False)
-       for q in ("gradient", "hvp_forward", "hvp_reverse", "hvp_loop", "hessian", "ggn", "per_example")},
-    **{("activations", f"{q}-float64"): (_ORDER, False) for q in ("gradient", "per_example", "input_jacobian")},
-    **{("activations", f"{q}-float64"): (_SOFTSIGN, True)
-       for q in ("hvp_forward", "hvp_reverse", "hvp_loop", "hessian", "ggn", "input_hessian", "laplacian")},
-    ("activations", "hvp_reverse-float32"): (_SOFTSIGN, True),  # runs only if float32 HVPs return to every model
-}
+# Cells known to fail, each with its diagnosis, as (reason, strict). None today: the float64 GELU / leaky ReLU
+# cells (TensorFlow rounds their constants through float32) and softsign's second derivatives (TensorFlow has no
+# gradient for SoftsignGrad) are exact inside tfpartials' derivative scope (tfpartials/_tracing.py).
+KNOWN_FAILURES: dict[tuple[str, str], tuple[str, bool]] = {}
 
 
 def _known(key: str, quantity: str, precision: str) -> str | None:
