@@ -29,7 +29,7 @@ def short_names(names: Sequence[str], width: int = NAME_WIDTH) -> list[str]:
         >>> short_names(["model/dense/kernel", "model/dense_1/kernel"])
         ['dense/kernel', 'dense_1/kernel']
         >>> short_names(["a_really_long_layer_name_that_goes_on_and_on"], width=20)
-        ['a_really_…_and_on']
+        ['a_really_…_on_and_on']
     """
     names = [str(n) for n in names]
     if len(names) > 1:
