@@ -114,7 +114,7 @@ def test_results_are_frozen_and_serialise_without_their_space(spaced):
     import dataclasses
     import json
 
-    from tfpartials.reports.writers import to_jsonable
+    from tfpartials.io.writers import to_jsonable
 
     op, _, space = spaced
     res = top_eigenvalues(op, k=1)

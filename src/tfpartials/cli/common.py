@@ -157,7 +157,7 @@ def check_outputs(args) -> None:
     """Refuse bad output paths before any work: ``--out``/``--plot`` that exist (without ``--overwrite``) or sit in
     a missing directory, and a ``--plot`` that is not a ``.png``."""
     from .._checks import InputError
-    from ..reports.writers import check_output_path
+    from ..io.writers import check_output_path
 
     overwrite = bool(getattr(args, "overwrite", False))
     if getattr(args, "out", None):

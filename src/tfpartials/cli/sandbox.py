@@ -236,7 +236,7 @@ def _deliver(tmp: Path, target: Path, overwrite: bool) -> None:
     """Check the child's output is plain data and write it to ``target`` atomically."""
     import numpy as np
 
-    from ..reports.writers import atomic_directory, atomic_write, save_npz
+    from ..io.writers import atomic_directory, atomic_write, save_npz
 
     if not os.path.lexists(tmp):
         return

@@ -41,7 +41,7 @@ def cache_dir(cache: bool | str | os.PathLike = True) -> Path | None:
 def cached_model(name: str, train: Callable[[], object], cache: bool | str | os.PathLike = True):
     """Load ``name`` (a ``.keras`` file name) from the cache, or call ``train()`` and store its result."""
     from ..io.models import load_model
-    from ..reports.writers import atomic_write
+    from ..io.writers import atomic_write
 
     directory = cache_dir(cache)
     if directory is None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import InputError, check_positive_int
-from .writers import atomic_write
+from ..io.writers import atomic_write
 
 __all__ = ["plot_attributions", "plot_image_attributions", "plot_feature_attributions",
            "image_attribution_figure", "feature_attribution_figure", "save_figure", "DIVERGING_CMAP"]

@@ -119,7 +119,7 @@ def plot_layer_bars(names: Sequence[str], values: Sequence[float], path: str | o
     ax.set_title(title, fontsize=11)
     ax.grid(axis="x", which="major", alpha=0.3)
     fig.tight_layout()
-    from .writers import atomic_write
+    from ..io.writers import atomic_write
 
     atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, format="png"), True)
     return int(len(idx))
@@ -152,7 +152,7 @@ def plot_ranked_intervals(names: Sequence[str], values: Sequence[float], interva
     ax.set_title(title, fontsize=11)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    from .writers import atomic_write
+    from ..io.writers import atomic_write
 
     atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, format="png"), True)
     return int(k)

@@ -91,6 +91,6 @@ def plot_density(density: Any, path: str | os.PathLike, eigenvalues: Sequence[fl
     if p.suffix.lower() != ".png":
         raise InputError(f"plot: expected a .png file name, got {p.name!r}")
     fig = density_figure(density, eigenvalues, log=log, title=title)
-    from .writers import atomic_write
+    from ..io.writers import atomic_write
 
     return atomic_write(p, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi), overwrite)

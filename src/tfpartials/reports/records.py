@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import InputError
-from .writers import to_jsonable
+from ..io.writers import to_jsonable
 
 __all__ = ["REPORT_FORMAT", "SECTIONS", "SECTION_TITLES", "Section", "Status", "canonical_section", "file_sha256",
            "array_sha256", "software_versions", "provenance", "lookup", "now_iso", "load_results",

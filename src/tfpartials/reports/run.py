@@ -343,8 +343,8 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
                       "seconds": {"total": round(time.perf_counter() - t0, 3), **timing}}
     results["provenance"] = prov
     if d is not None:
+        from ..io.writers import save_json
         from .html import write_html
-        from .writers import save_json
 
         save_json(d / "results.json", results)
         write_html(results, d)
@@ -489,7 +489,7 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
         >>> results = build_report(model, (x, y), "mse", "report", skip=["check"])   # doctest: +SKIP
         >>> results["summary"]["top_eigenvalue"]                                      # doctest: +SKIP
     """
-    from .writers import atomic_directory, check_output_path
+    from ..io.writers import atomic_directory, check_output_path
 
     if out_dir is not None:
         check_output_path(out_dir, overwrite, directory=True)

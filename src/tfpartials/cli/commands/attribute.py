@@ -150,7 +150,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..._checks import InputError
-    from ...reports.writers import save_npz
+    from ...io.writers import save_npz
     from ..common import check_outputs, load_model_and_data, print_table
 
     check_outputs(args)

@@ -54,7 +54,7 @@ def _fmt(value: float) -> str:
 
 
 def run(args) -> int:
-    from ...reports.writers import check_output_path, save_json
+    from ...io.writers import check_output_path, save_json
     from ...verification.checks import _parse_what, check
     from ..common import console, load_model_and_data, print_table
 

@@ -36,10 +36,10 @@ def build_demo(out, *, quick: bool = False, seed: int = 0, quiet: bool = False, 
     from pathlib import Path
 
     from ...examples import diabetes_mlp, digits_cnn
+    from ...io.writers import atomic_directory, check_output_path, save_json
     from ...reports.html import render_index
     from ...reports.records import load_results
     from ...reports.run import normal_permissions, plan_report, run_plan
-    from ...reports.writers import atomic_directory, check_output_path, save_json
 
     check_output_path(out, overwrite, directory=True)
     say = (lambda m: None) if quiet else _say

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from ...reports.writers import check_output_path, save_npz
+    from ...io.writers import check_output_path, save_npz
     from ..common import current_strategy, load_model_and_data, print_table
 
     if args.out:

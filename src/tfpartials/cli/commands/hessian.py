@@ -47,7 +47,7 @@ def _table_rows(result) -> list[list]:
 def run(args) -> int:
     import numpy as np
 
-    from ...reports.writers import check_output_path, save_npz
+    from ...io.writers import check_output_path, save_npz
     from ..common import load_model_and_data, print_table
 
     if args.out:

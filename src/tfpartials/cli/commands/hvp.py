@@ -56,7 +56,7 @@ def read_vector(path: str):
 def run(args) -> int:
     import numpy as np
 
-    from ...reports.writers import check_output_path, save_npz
+    from ...io.writers import check_output_path, save_npz
     from ..common import load_model_and_data, print_table
 
     if args.out:

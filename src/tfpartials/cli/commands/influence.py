@@ -82,7 +82,7 @@ def run(args) -> int:
     from ...influence.influence import influence
     from ...io.data import load_data
     from ...io.losses import resolve_loss
-    from ...reports.writers import check_output_path, save_npz
+    from ...io.writers import check_output_path, save_npz
     from ..common import print_table
 
     _validate(args)

@@ -40,7 +40,7 @@ def run(args) -> int:
     from ...inputs import input_hessian, input_jacobian
     from ...inputs._model_fn import get_function
     from ...io.precision import with_precision
-    from ...reports.writers import check_output_path, save_npz
+    from ...io.writers import check_output_path, save_npz
     from ..common import load_model_and_data, print_table
 
     if args.out:

@@ -30,7 +30,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..._checks import InputError
-    from ...reports.writers import check_output_path, save_npz
+    from ...io.writers import check_output_path, save_npz
     from ..common import load_model_and_data, print_table
 
     if args.mc_samples < 1:

@@ -69,7 +69,7 @@ def run(args) -> int:
     from ..._checks import InputError
     from ...bayes import plot_reliability
     from ...bayes.summary import likelihood_for, uncertainty_summary
-    from ...reports.writers import check_output_path, save_json
+    from ...io.writers import check_output_path, save_json
     from ..common import load_model_and_data, print_table
 
     _validate(args)

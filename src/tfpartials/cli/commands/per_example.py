@@ -17,7 +17,7 @@ def run_per_example(args, model, data) -> int:
     from ...autodiff.per_example import per_example_gradients
     from ...autodiff.problem import prepare
     from ...autodiff.statistics import statistics_from_gradients, statistics_of
-    from ...reports.writers import save_npz
+    from ...io.writers import save_npz
     from ..common import print_table
 
     obj, d = prepare(model, data, args._loss, args.wrt, precision=args.precision,

@@ -109,7 +109,7 @@ def sensitivity_figure(result, *, top_k: int = 20, dpi: int = 100):
 def run(args) -> int:
     from ..._checks import InputError
     from ...inputs.sensitivity import sensitivity
-    from ...reports.writers import save_json
+    from ...io.writers import save_json
     from ..common import check_outputs, load_model_and_data, print_table
 
     check_outputs(args)

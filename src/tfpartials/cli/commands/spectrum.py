@@ -96,7 +96,7 @@ def run(args) -> int:
         spectral_density,
         top_eigenvalues,
     )
-    from ...reports.writers import check_output_path, save_json
+    from ...io.writers import check_output_path, save_json
     from ..common import load_model_and_data, print_table
 
     _validate(args)
