@@ -25,11 +25,31 @@ __all__ = [
 
 
 class InputError(ValueError):
-    """Bad input from the user: a wrong shape, an unknown name, a file that is not what it claims to be."""
+    """Bad input from the user: a wrong shape, an unknown name, a file that is not what it claims to be.
+
+    A subclass of ``ValueError``, raised at the boundary before any work, with "expected X, got Y" wording.
+
+    Example:
+        >>> import numpy as np, tfpartials as tp
+        >>> tp.load_data((np.zeros((3, 2)), np.zeros((4, 1))))     # 3 inputs, 4 targets
+        Traceback (most recent call last):
+            ...
+        tfpartials._checks.InputError: x/y count mismatch: 3 inputs but 4 targets
+    """
 
 
 class ResourceError(InputError):
-    """A computation that would not fit in its memory budget (or time limit) and was refused before it ran."""
+    """A computation that would not fit in its memory budget (or time limit) and was refused before it ran.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2000,)), keras.layers.Dense(100)])   # 200,100 parameters
+        >>> data = (np.zeros((2, 2000), "float32"), np.zeros((2, 100), "float32"))
+        >>> tp.hessian(model, data, loss="mse", max_memory="1MiB")   # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        tfpartials._checks.ResourceError: the dense Hessian of 200,100 parameters (149.2 GiB ...) needs about ...
+    """
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:

@@ -13,7 +13,16 @@ _TERMINAL: bool | None = None  # stderr is a terminal (set by the CLI when it fi
 
 
 def set_quiet(quiet: bool = True) -> None:
-    """Silence (or re-enable) every progress bar of tfpartials in this process."""
+    """Silence (or re-enable) every progress bar of tfpartials in this process.
+
+    Bars are drawn on stderr only when it is a terminal and a pass is long; ``quiet=True`` on a single call
+    (or ``TFPARTIALS_PROGRESS=0`` in the environment) silences one call or every process instead.
+
+    Example:
+        >>> import tfpartials as tp
+        >>> tp.set_quiet()          # no progress bars from here on
+        >>> tp.set_quiet(False)     # back to the default
+    """
     global _QUIET
     _QUIET = bool(quiet)
 

@@ -282,6 +282,21 @@ def trust_vectorization(*layer_classes: type) -> None:
     ops the soundness audit checks (``docs/soundness.md``): pfor can crash the process on some kernels. Models
     with other layers take the exact one-at-a-time path (and say so once). Call this to vectorise a custom
     layer you have checked, e.g. with :func:`tfpartials.check_gradients` and ``vectorize=False`` as reference.
+
+    Example:
+        >>> import warnings, numpy as np, keras, tfpartials as tp
+        >>> class Cube(keras.layers.Layer):
+        ...     def call(self, x):
+        ...         return x ** 3
+        >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="ones",
+        ...                                                                  name="d"), Cube()])
+        >>> tp.trust_vectorization(Cube)       # x ** 3 vectorises fine
+        >>> x = np.array([[1.0], [2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", tp.FallbackWarning)   # no slower path is taken now
+        ...     g = tp.per_example_gradients(model, (x, y), loss="mse")
+        >>> g["d/bias"][:, 0].tolist()         # d/db (x w + b)^6 at w=1, b=0: 6 x^5
+        [6.0, 192.0]
     """
     for cls in layer_classes:
         if not isinstance(cls, type):

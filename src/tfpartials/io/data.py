@@ -43,6 +43,14 @@ class Data:
         y: targets (one array or a list per output) or ``None`` for inputs-only data.
         num_examples: N, exact.
         feature_names: column names when read from a CSV.
+
+    Example:
+        >>> import numpy as np, tfpartials as tp
+        >>> data = tp.load_data((np.arange(10.0).reshape(5, 2), np.zeros(5)), batch_size=2)
+        >>> data.num_examples, data.num_batches
+        (5, 3)
+        >>> [b.mask.tolist() for b in data.batches()]     # the last batch is padded and masked
+        [[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]]
     """
 
     x: Any
@@ -338,6 +346,16 @@ def load_data(
         loss_name: canonical loss name, to check label shapes and ranges.
         allow_nan: accept NaN/Inf values (refused by default).
         require_targets: raise if the data carries no targets.
+
+    Example:
+        >>> import os, tempfile, tfpartials as tp
+        >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "houses.csv")
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("a,b,price\\n1,2,3\\n4,5,6\\n")
+        >>> data = tp.load_data(path, target="price")
+        >>> data.feature_names, data.x.tolist(), data.y.tolist()
+        (['a', 'b'], [[1.0, 2.0], [4.0, 5.0]], [[3.0], [6.0]])
+        >>> tmp.cleanup()
     """
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)

@@ -59,6 +59,12 @@ class Loss:
         fn: ``(y_true, y_pred) -> (B,)`` per-example loss.
         from_logits: whether the model outputs logits (cross-entropies only).
         config: the keyword arguments the Keras loss was built with.
+
+    Example:
+        >>> import numpy as np, tfpartials as tp
+        >>> loss = tp.resolve_loss("mse")
+        >>> loss.name, loss.per_example(np.zeros((2, 1)), np.array([[1.0], [3.0]])).numpy().tolist()
+        ('mse', [1.0, 9.0])
     """
 
     name: str
@@ -110,6 +116,17 @@ class MultiLoss:
         output_names: the model's output names, in the order of its targets.
         losses: one :class:`Loss` (or None) per output.
         weights: one weight per output (Keras' ``loss_weights``; default 1).
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> inp = keras.Input((2,))
+        >>> model = keras.Model(inp, [keras.layers.Dense(1, name="price")(inp), keras.layers.Dense(1, name="size")(inp)])
+        >>> ml = tp.resolve_loss({"price": "mse", "size": "mae"}, model=model, loss_weights={"size": 0.5})
+        >>> ml.output_names, ml.weights
+        (('price', 'size'), (1.0, 0.5))
+        >>> y_true = [np.zeros((1, 1)), np.zeros((1, 1))]; y_pred = [np.array([[3.0]]), np.array([[-2.0]])]
+        >>> float(ml.per_example(y_true, y_pred)[0])       # 3^2 + 0.5 |-2|
+        10.0
     """
 
     output_names: tuple[str, ...]

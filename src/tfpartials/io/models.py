@@ -134,7 +134,17 @@ def load_model(path: str | os.PathLike, trust: bool | str = False) -> keras.Mode
         InputError: missing or corrupt file, unsafe content without ``trust``, unsupported format.
 
     Example:
-        >>> model = tp.load_model("model.keras")   # doctest: +SKIP
+        >>> import os, tempfile, numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> model.compile(loss="mse")
+        >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "model.keras")
+        >>> model.save(path)
+        >>> loaded = tp.load_model(path)
+        >>> np.array_equal(loaded.get_layer("lin").kernel.numpy(), model.get_layer("lin").kernel.numpy())
+        True
+        >>> tp.resolve_loss(None, model=loaded).name        # the compiled loss is remembered
+        'mse'
+        >>> tmp.cleanup()
     """
     trust = _check_trust(trust)
     p = Path(path)

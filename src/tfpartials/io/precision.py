@@ -225,6 +225,15 @@ def with_precision(model, precision: Precision | None):
 
     A mixed-precision model (float32 weights, float16 computation) is copied for ``"float32"`` too. The model
     is never changed.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> tp.with_precision(model, "float32") is model       # already float32: no copy
+        True
+        >>> copy = tp.with_precision(model, "float64")
+        >>> copy.weights[0].dtype, model.weights[0].dtype, np.array_equal(copy.weights[0], model.weights[0])
+        ('float64', 'float32', True)
     """
     if precision is None:
         return model
