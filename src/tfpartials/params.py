@@ -79,8 +79,12 @@ class ParameterSpace:
     The flat vector concatenates the selected variables in model order (C order within each).
 
     Example:
-        >>> space = ParameterSpace(model, wrt=["dense/*"])      # doctest: +SKIP
-        >>> space.names, space.size                              # doctest: +SKIP
+        >>> import keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense"),
+        ...                           keras.layers.Dense(1, name="out")])
+        >>> space = tp.ParameterSpace(model, wrt=["dense/*"])
+        >>> list(space.names), space.size            # 3 x 2 kernel + 2 biases
+        (['dense/kernel', 'dense/bias'], 8)
     """
 
     def __init__(self, model, wrt: str | Sequence[str] | None = None):

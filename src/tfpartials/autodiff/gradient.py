@@ -80,6 +80,14 @@ def value_and_gradients(model, x, y, loss: Any = None, wrt=None, *, training: bo
     Returns ``(loss, grads)`` where ``grads`` is a list aligned with the chosen variables (all trainable
     variables by default, in ``model.trainable_variables`` order), ready for ``optimizer.apply_gradients``.
     The loss is the mean per-example loss (weighted by ``sample_weight``) plus regularisation.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.ones((2, 1), "float32")
+        >>> loss, (g_kernel, g_bias) = tp.value_and_gradients(model, x, y, loss="mse")
+        >>> float(loss), g_kernel.numpy().ravel().tolist(), g_bias.numpy().tolist()   # -(2/N) X^T y, -(2/N) sum y
+        (1.0, [-1.0, -2.0], [-2.0])
     """
     obj = objective_for(model, loss, wrt, training=training, include_regularization=include_regularization)
     params = obj.space.values()

@@ -49,6 +49,16 @@ class HessianResult:
         names: variable names ``<layer>/<variable>`` in parameter order.
         offsets: start of each variable in the flat vector, plus ``n`` at the end (``len(names) + 1``).
         shapes: the variables' shapes.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> H = tp.hessian(model, (x, y), loss="mse")
+        >>> H.names, H.offsets, H.n
+        (('lin/kernel', 'lin/bias'), (0, 2, 3), 3)
+        >>> H.block("lin/kernel", "lin/bias").ravel().tolist()     # (2/N) X^T 1
+        [1.0, 2.0]
     """
 
     matrix: np.ndarray

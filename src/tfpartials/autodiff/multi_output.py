@@ -38,6 +38,18 @@ class OutputGradientShares:
         total_norm: ``|g|``.
         gradients: each term's weighted gradient as a flat vector (parameter order of ``parameter_names``).
         parameter_names: names of the chosen parameters.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> inp = keras.Input((2,))
+        >>> heads = [keras.layers.Dense(1, name=n, kernel_initializer="ones")(inp) for n in ("a", "b")]
+        >>> model = keras.Model(inp, heads)
+        >>> x = np.ones((4, 2), "float32"); y = [np.zeros((4, 1), "float32")] * 2
+        >>> s = tp.output_gradient_shares(model, (x, y), loss="mse", loss_weights=[1.0, 3.0])
+        >>> s.values.tolist(), s.total_value        # each head predicts 2: mse 4; total 1 x 4 + 3 x 4
+        ([4.0, 4.0], 16.0)
+        >>> (s.norms ** 2).round(3).tolist()         # |w g|^2 with g = (4, 4, 4) per head
+        [48.0, 432.0]
     """
 
     names: tuple[str, ...]

@@ -45,6 +45,14 @@ class Objective:
             over its replicas and SUM-reduced with exact 1/N weights (see :mod:`tfpartials.autodiff.risk`).
         jit_compile: compile every per-batch function with XLA (opt-in; faster for some models, slower to
             trace; see BENCHMARKS.md).
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> obj = tp.Objective(model, "mse", wrt=["lin/kernel"], reduction="sum")
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> tp.hessian(obj, (x, y)).matrix.tolist()       # summed squared errors: 2 X^T X
+        [[2.0, 0.0], [0.0, 8.0]]
     """
 
     def __init__(self, model, loss: Any = None, wrt=None, *, training: bool = False,

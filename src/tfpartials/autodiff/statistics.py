@@ -53,6 +53,17 @@ class GradientStatistics:
         layer_variance: ``{layer: float}`` mean elementwise variance over each layer's chosen variables.
         layer_snr: ``{layer: float}`` signal-to-noise ratio per layer.
         fallback_op: the op that prevented vectorisation, or None.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, name="lin", use_bias=False,
+        ...                                                                  kernel_initializer="ones")])
+        >>> x = np.array([[1.0], [2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> s = tp.gradient_statistics(model, (x, y), loss="mse")     # g_i = 2 (w x_i - y_i) x_i = 2, 8
+        >>> s.norms.tolist(), s.mean["lin/kernel"].item(), s.variance["lin/kernel"].item()
+        ([2.0, 8.0], 5.0, 9.0)
+        >>> round(s.layer_snr["lin"], 6)            # 5^2 / 9
+        2.777778
     """
 
     num_examples: int
@@ -145,7 +156,16 @@ def statistics_of(obj: Objective, data, *, engine: PerExampleEngine | None = Non
 
 
 def statistics_from_gradients(grads: Mapping[str, Any]) -> GradientStatistics:
-    """The same statistics from full per-example gradients ``{name: (N, *shape)}`` already in memory."""
+    """The same statistics from full per-example gradients ``{name: (N, *shape)}`` already in memory.
+
+    Example:
+        >>> import numpy as np, tfpartials as tp
+        >>> s = tp.statistics_from_gradients({"d/w": np.array([[1.0, 0.0], [3.0, 0.0]])})  # N=2 examples
+        >>> s.norms.tolist(), s.mean["d/w"].tolist(), s.variance["d/w"].tolist()
+        ([1.0, 3.0], [2.0, 0.0], [1.0, 0.0])
+        >>> s.snr["d/w"]                            # |mean|^2 / sum(var) = 4 / 1
+        4.0
+    """
     if not grads:
         raise ValueError("grads: expected at least one {name: (N, *shape)} array, got an empty mapping")
     arrays = [np.asarray(a) for a in grads.values()]
