@@ -112,9 +112,15 @@ def per_layer(estimator: Callable[..., Any], source, names: Sequence[str] | None
         **kwargs: passed to ``estimator``.
 
     Example:
-        >>> from tfpartials.estimators import top_eigenvalues          # doctest: +SKIP
-        >>> sharp = per_layer(top_eigenvalues, H, k=1)                 # doctest: +SKIP
-        >>> {n: r.eigenvalues[0] for n, r in sharp.items()}            # doctest: +SKIP
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((1,)),               # f = b a x, a = 1, b = 2
+        ...     keras.layers.Dense(1, name="a", use_bias=False, kernel_initializer="ones"),
+        ...     keras.layers.Dense(1, name="b", use_bias=False, kernel_initializer=keras.initializers.Constant(2.0))])
+        >>> x = np.array([[1.0], [2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> H = tp.HessianOperator(model, (x, y), loss="mse")
+        >>> traces = tp.per_layer(tp.hutchinson_trace, H, num_matvecs=2)
+        >>> {name: t.value for name, t in traces.items()}          # 2 b^2 mean(x^2), 2 a^2 mean(x^2)
+        {'a': 20.0, 'b': 5.0}
     """
     if isinstance(source, LinearOperator):
         if names is None:

@@ -40,6 +40,14 @@ class SpectralDensity:
         ritz_weights: ``(num_probes, m)`` Gauss weights per probe (each row sums to 1), or None.
         num_matvecs: products with the operator used.
         sigma: width of the Gaussian smoothing.
+
+    Example:
+        >>> import numpy as np, tfpartials as tp
+        >>> d = tp.spectral_density(np.diag([1.0, 2.0, 3.0, 4.0]), num_probes=2, num_lanczos=4)
+        >>> round(d.moment(1), 8), round(d.moment(2), 8)      # mean eigenvalue, mean squared eigenvalue
+        (2.5, 7.5)
+        >>> d.ritz_values.shape, d.num_matvecs
+        ((2, 4), 8)
     """
 
     grid: np.ndarray

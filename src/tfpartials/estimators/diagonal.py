@@ -31,6 +31,18 @@ class DiagonalEstimate:
         values: ``(n,)`` the estimate.
         std_error: ``(n,)`` per-entry standard errors (zeros when exact; NaN from a single probe).
         num_matvecs: products with the operator used.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((1,)),               # f = b a x, a = 1, b = 2
+        ...     keras.layers.Dense(1, name="a", use_bias=False, kernel_initializer="ones"),
+        ...     keras.layers.Dense(1, name="b", use_bias=False, kernel_initializer=keras.initializers.Constant(2.0))])
+        >>> x = np.array([[1.0], [2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> d = tp.exact_diagonal(tp.HessianOperator(model, (x, y), loss="mse"))
+        >>> d.values.tolist(), d.num_matvecs          # 2 b^2 mean(x^2), 2 a^2 mean(x^2)
+        ([20.0, 5.0], 2)
+        >>> {k: v.tolist() for k, v in d.as_dict().items()}
+        {'a/kernel': [[20.0]], 'b/kernel': [[5.0]]}
     """
 
     values: np.ndarray

@@ -43,6 +43,17 @@ class EigenResult:
         num_matvecs: products with the operator used.
         converged: every residual met the tolerance.
         which: the part of the spectrum asked for.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> res = tp.top_eigenvalues(tp.HessianOperator(model, (x, y), loss="mse"), k=1)
+        >>> X1 = np.hstack([x, np.ones((2, 1))])                      # H = (2/N) [X 1]^T [X 1], N = 2
+        >>> bool(np.isclose(res.eigenvalues[0], np.linalg.eigvalsh(X1.T @ X1)[-1], rtol=1e-5))
+        True
+        >>> res.eigenvectors.shape, res.converged
+        ((3, 1), True)
     """
 
     eigenvalues: np.ndarray

@@ -38,6 +38,14 @@ class LanczosDecomposition:
             when the Krylov space is invariant and the Ritz values are exact eigenvalues).
         basis: ``(n, m)`` orthonormal Lanczos vectors, or None when not kept.
         num_matvecs: products with A used (``m``).
+
+    Example:
+        >>> import numpy as np, tfpartials as tp
+        >>> A = np.diag([1.0, 2.0, 3.0, 4.0])
+        >>> dec = tp.lanczos(A, 4, seed=0)                        # m = n: the Krylov space is everything
+        >>> Q, T = dec.basis, dec.tridiagonal()
+        >>> bool(np.allclose(A @ Q, Q @ T)), np.linalg.eigvalsh(T).round(8).tolist()
+        (True, [1.0, 2.0, 3.0, 4.0])
     """
 
     alpha: np.ndarray

@@ -32,6 +32,14 @@ class TraceEstimate:
         value: the estimate.
         std_error: its standard error (NaN when it cannot be estimated: a single random sample).
         num_matvecs: products with the operator used.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> est = tp.hutchpp_trace(tp.HessianOperator(model, (x, y), loss="mse"), num_matvecs=9)
+        >>> round(est.value, 4), est.num_matvecs      # tr((2/N) [X 1]^T [X 1]) = 1 + 4 + 2; n = 3 is sketched whole
+        (7.0, 9)
     """
 
     value: float

@@ -67,6 +67,17 @@ class CurvatureOperator(LinearOperator):
         method: ``"auto"`` (forward mode, falling back), ``"forward"``, ``"reverse"`` or ``"loop"``.
         quiet: no progress bar for each product (default True: estimators make many).
         strategy: a ``tf.distribute.Strategy`` spreading the batches of every product over replicas.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.zeros((2, 1), "float32")
+        >>> H = tp.HessianOperator(model, (x, y), loss="mse")
+        >>> isinstance(H, tp.CurvatureOperator), H.data.num_examples
+        (True, 2)
+        >>> X1 = np.hstack([x, np.ones((2, 1))])                   # (2/N) [X 1]^T [X 1] with N = 2
+        >>> bool(np.allclose(H.to_dense(), X1.T @ X1)), H.num_matvecs
+        (True, 3)
     """
 
     matrix_name = "curvature"

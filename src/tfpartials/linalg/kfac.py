@@ -62,6 +62,17 @@ class KFACBlock:
         diag: the exact diagonal (flat, block order) of a ``"diagonal"`` block, else None.
         indices: flat-vector position of each block coordinate (row-major over ``(d_a, d_out)``).
         corrected: EKFAC only: the re-fitted eigenvalues ``(d_a, d_out)`` in the basis ``A_eig[1] ⊗ B_eig[1]``.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]]); y = np.zeros((2, 1))
+        >>> block = tp.KFACOperator(model, (x, y), loss="mse", precision="float64", quiet=True).blocks[0]
+        >>> block.names, block.layer, block.kind
+        (('lin/kernel', 'lin/bias'), 'lin', 'kronecker')
+        >>> X1 = np.hstack([x, np.ones((2, 1))])              # one output: kron(A, B) = (2/N) [X 1]^T [X 1]
+        >>> bool(np.allclose(np.kron(block.A, block.B), X1.T @ X1))
+        True
     """
 
     names: tuple[str, ...]

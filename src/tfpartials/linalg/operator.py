@@ -27,6 +27,20 @@ class LinearOperator(ABC):
         space: the :class:`~tfpartials.params.ParameterSpace` for parameter-space operators (names, blocks),
             or None.
         num_matvecs: matrix-vector products performed so far (a matmat with k columns counts k).
+
+    A subclass implements ``_matmat(V)`` (``A @ V`` for an ``(n, k)`` tensor); products, ``to_dense`` and every
+    estimator come from the base class.
+
+    Example:
+        >>> import numpy as np, tfpartials as tp
+        >>> class Doubling(tp.LinearOperator):      # A = 2 I, known only through its products
+        ...     def _matmat(self, V):
+        ...         return 2.0 * V
+        >>> A = Doubling(3, "float64", symmetric=True, psd=True)
+        >>> (A @ np.ones(3)).numpy().tolist(), A.num_matvecs
+        ([2.0, 2.0, 2.0], 1)
+        >>> tp.hutchinson_trace(A, num_matvecs=4).value     # tr(2 I) = 6: exact for a multiple of I
+        6.0
     """
 
     symmetric: bool = False

@@ -83,9 +83,13 @@ def plot_density(density: Any, path: str | os.PathLike, eigenvalues: Sequence[fl
     """Draw :func:`density_figure` and write it as a PNG atomically; returns the path.
 
     Example:
-        >>> import numpy as np                                                  # doctest: +SKIP
-        >>> d = spectral_density(H, num_probes=4, num_lanczos=64)                # doctest: +SKIP
-        >>> plot_density(d, "density.png", top_eigenvalues(H, k=3).eigenvalues)  # doctest: +SKIP
+        >>> import os, tempfile, numpy as np, tfpartials as tp
+        >>> d = tp.spectral_density(np.diag([1.0, 2.0, 3.0, 4.0]), num_probes=2, num_lanczos=4)
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> p = tp.plot_density(d, os.path.join(tmp.name, "density.png"), eigenvalues=[4.0])
+        >>> p.name, p.stat().st_size > 0
+        ('density.png', True)
+        >>> tmp.cleanup()
     """
     p = Path(path)
     if p.suffix.lower() != ".png":
