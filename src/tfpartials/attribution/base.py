@@ -89,6 +89,17 @@ class AttributionMethod(ABC):
             integer inputs such as token ids (``layer="embedding"``).
         max_memory: working-memory budget for the chunk planner (``"512MiB"``, bytes, or None for half of
             the available memory).
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False,
+        ...                                                                 kernel_initializer="ones")])
+        >>> x = np.array([[1.0, 2.0, 3.0]], "float32")                   # f(x) = x0 + x1 + x2
+        >>> for m in (tp.Saliency(model), tp.GradientXInput(model), tp.IntegratedGradients(model, steps=8)):
+        ...     print(type(m).__name__, isinstance(m, tp.AttributionMethod), m.attribute(x).tolist())
+        Saliency True [[1.0, 1.0, 1.0]]
+        GradientXInput True [[1.0, 2.0, 3.0]]
+        IntegratedGradients True [[1.0, 2.0, 3.0]]
     """
 
     name = "attribution"

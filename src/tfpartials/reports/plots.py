@@ -128,7 +128,22 @@ def image_attribution_figure(x, attributions, *, max_images: int = 8, labels: Se
 
 def plot_image_attributions(x, attributions, path: str | os.PathLike, *, overwrite: bool = True,
                             **options) -> Path:
-    """Save :func:`image_attribution_figure` as a PNG at ``path``; returns the path."""
+    """Save :func:`image_attribution_figure` as a PNG at ``path``; returns the path.
+
+    Example:
+        >>> import os, tempfile, numpy as np, tfpartials as tp
+        >>> from tfpartials.reports.plots import image_attribution_figure
+        >>> x = np.random.default_rng(0).random((2, 8, 8))
+        >>> maps = {"saliency": x - 0.5, "ig": x}
+        >>> fig = image_attribution_figure(x, maps)          # a matplotlib Figure on the Agg canvas
+        >>> len(fig.axes), [ax.get_title() for ax in fig.axes[:3]]   # 2 rows: the input, then one map per method
+        (6, ['input', 'saliency', 'ig'])
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> p = tp.plot_image_attributions(x, maps, os.path.join(tmp.name, "maps.png"))
+        >>> p.name, p.stat().st_size > 0
+        ('maps.png', True)
+        >>> tmp.cleanup()
+    """
     return save_figure(image_attribution_figure(x, attributions, **options), path, overwrite=overwrite)
 
 
@@ -190,7 +205,21 @@ def feature_attribution_figure(attributions, *, feature_names: Sequence[str] | N
 
 def plot_feature_attributions(attributions, path: str | os.PathLike, *, overwrite: bool = True,
                               **options) -> Path:
-    """Save :func:`feature_attribution_figure` as a PNG at ``path``; returns the path."""
+    """Save :func:`feature_attribution_figure` as a PNG at ``path``; returns the path.
+
+    Example:
+        >>> import os, tempfile, numpy as np, tfpartials as tp
+        >>> from tfpartials.reports.plots import feature_attribution_figure
+        >>> a = np.array([[1.0, -2.0, 0.5], [1.0, -2.0, 0.5]])           # (B, F) attributions
+        >>> ax = feature_attribution_figure(a, feature_names=["age", "bmi", "bp"]).axes[0]
+        >>> len(ax.patches), [t.get_text() for t in ax.get_yticklabels()]   # one bar per feature, largest first
+        (3, ['bmi', 'age', 'bp'])
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> p = tp.plot_feature_attributions(a, os.path.join(tmp.name, "bars.png"), feature_names=["age", "bmi", "bp"])
+        >>> p.name, p.stat().st_size > 0
+        ('bars.png', True)
+        >>> tmp.cleanup()
+    """
     return save_figure(feature_attribution_figure(attributions, **options), path, overwrite=overwrite)
 
 
