@@ -14,6 +14,7 @@ from .diagonal import DiagonalEstimate, exact_diagonal, hutchinson_diagonal
 from .eigenvalues import EigenResult, power_iteration, top_eigenvalues
 from .lanczos import LanczosDecomposition, lanczos
 from .layerwise import BlockTrace, LayerwiseTrace, layerwise_trace
+from .summary import CurvatureSummary, summarize_curvature
 from .trace import TraceEstimate, hutchinson_trace, hutchpp_trace
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "layerwise_trace", "LayerwiseTrace", "BlockTrace",
     "lanczos", "LanczosDecomposition",
     "restrict", "per_layer", "layer_names", "RestrictedOperator",
+    "summarize_curvature", "CurvatureSummary",
 ]

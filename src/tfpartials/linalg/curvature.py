@@ -43,7 +43,8 @@ from ..autodiff.risk import accumulate, as_tensors
 from ..io.data import Data, load_data
 from .operator import LinearOperator
 
-__all__ = ["CurvatureOperator", "HessianOperator", "GGNOperator", "FisherOperator", "FisherKind"]
+__all__ = ["CurvatureOperator", "HessianOperator", "GGNOperator", "FisherOperator", "FisherKind",
+           "ColumnLoopOperator"]
 
 FisherKind = Literal["empirical", "mc"]
 _ZERO = tf.UnconnectedGradients.ZERO
@@ -437,3 +438,39 @@ def _sampled_data(obj: Objective, data: Data, seed: int, num_samples: int) -> tu
     sampled = load_data((xs if isinstance(x, list) else xs[0], new_y if isinstance(y, list) else new_y[0]),
                         batch_size=data.batch_size, model=obj.model, loss_name=obj.loss.name)
     return (sampled.cast("float64") if obj.dtype == tf.float64 else sampled), factor
+
+
+class ColumnLoopOperator(LinearOperator):
+    """``op`` with every product taken one column at a time: ``A V = [A v_1, ..., A v_k]``.
+
+    The estimators multiply blocks of different widths (Lanczos one vector, Hutch++ a sketch, then the sketch
+    and the probes together). A compiled curvature product is traced once per block width, and on a small model
+    one trace costs far more than the products; one width means one trace for a whole curvature summary. On
+    real CNNs the products run as a compiled loop over columns anyway (the vectorised, pfor path is refused for
+    most of their layers), so looping here costs nothing there and keeps a single compiled function.
+
+    Maths: the same operator (``A``), only the order of work changes. Cost: ``k`` calls of ``op`` for ``k``
+    columns; the counters of both operators count every column.
+
+    Reference: the matrix-free operator design of curvlinops (Dangel et al., 2023), one matvec per product.
+
+    Args:
+        op: any :class:`~tfpartials.linalg.operator.LinearOperator` (its tags and parameter space are kept).
+
+    Example:
+        >>> import numpy as np
+        >>> from tfpartials.linalg.dense import DenseOperator
+        >>> A = ColumnLoopOperator(DenseOperator(np.diag([2.0, 3.0])))
+        >>> (A @ np.eye(2)).numpy().tolist(), A.num_matvecs, A.parent.num_matvecs
+        ([[2.0, 0.0], [0.0, 3.0]], 2, 2)
+    """
+
+    def __init__(self, op: LinearOperator):
+        if not isinstance(op, LinearOperator):
+            raise TypeError(f"op: expected a tfpartials LinearOperator, got {type(op).__name__}")
+        super().__init__(op.n, op.dtype, symmetric=op.symmetric, psd=op.psd, space=op.space)
+        self.parent = op
+
+    def _matmat(self, V: tf.Tensor) -> tf.Tensor:
+        cols = [self.parent.matmat(V[:, j:j + 1]) for j in range(int(V.shape[1]))]
+        return tf.concat(cols, axis=1) if cols else tf.zeros_like(V)

@@ -168,8 +168,8 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     examples, then the density's and the trace's matvecs, are cut until the section fits its time share.
     """
     from .._backend import tf
-    from ..estimators import layerwise_trace, spectral_density, top_eigenvalues
-    from ..linalg.curvature import HessianOperator
+    from ..estimators import summarize_curvature
+    from ..linalg.curvature import ColumnLoopOperator, HessianOperator
 
     s = plan.settings
     model, loss, wrt = plan.objective.model, plan.loss, s["wrt"]
@@ -178,7 +178,7 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     trace_mv, dens_probes, dens_steps = int(s["num_matvecs"]), int(s["density_probes"]), int(s["density_lanczos_steps"])
 
     def operator(data):
-        return _one_column_at_a_time(HessianOperator(model, data, loss=loss, wrt=wrt, strategy=plan.strategy))
+        return ColumnLoopOperator(HessianOperator(model, data, loss=loss, wrt=wrt, strategy=plan.strategy))
 
     bs = plan.data.batch_size
     first = plan.subset(min(bs, asked_examples))
@@ -230,65 +230,50 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
         eig_cap, trace_mv, dens_probes, dens_steps = new_eig, new_t, new_p, new_s
     probe = plan.subset(examples)
     op = op1 if probe.num_examples == first.num_examples else operator(probe)
-    eig = _top(op, n, k, plan.seed("curvature"), top_eigenvalues, plan.quiet, eig_cap)
-    eigenvalues = eig["eigenvalues"]
-    out: dict[str, Any] = {
-        "num_probe_examples": int(probe.num_examples), "num_parameters": n,
-        "eigenvalues": eigenvalues, "eigen_residual_norms": eig["residual_norms"],
-        "eigen_converged": eig["converged"], "eigen_num_matvecs": eig["num_matvecs"], "eigen_tol": EIGEN_TOL,
-    }
-    if n <= trace_mv:  # exact: n unit-vector products give the whole trace and every layer's
-        dense = np.asarray(op.to_dense(), dtype=np.float64)
-        diag = np.diag(dense)
-        tr = {"value": float(diag.sum()), "std_error": 0.0, "num_matvecs": n, "exact": True,
-              "stopped": "exact", "rel_tol": TRACE_REL_TOL}
-        layers = []
-        for layer, idx in _layer_slices(op.space):
-            layers.append({"layer": layer, "num_parameters": int(idx.size), "trace": float(diag[idx].sum()),
-                           "std_error": 0.0, "exact": True, "trace_per_parameter": float(diag[idx].sum()) / idx.size})
-    else:
-        est = layerwise_trace(op, rel_tol=TRACE_REL_TOL, max_matvecs=trace_mv, min_matvecs=min(8, trace_mv),
-                              block_size=8, seed=plan.seed("curvature", 1), quiet=plan.quiet)
-        tr = {"value": _f(est.value), "std_error": _f(est.std_error), "num_matvecs": int(est.num_matvecs),
-              "exact": False, "stopped": est.stopped, "rel_tol": TRACE_REL_TOL}
-        if est.stopped != "tolerance":
-            sec.notes.append(f"the trace's standard error is {est.relative_error:.0%} of its value after "
-                             f"{est.num_matvecs} matvecs (asked {TRACE_REL_TOL:.0%}): the Hessian is indefinite "
-                             "or the budget too small for that accuracy")
-        layers = [{"layer": b.name, "num_parameters": b.num_parameters, "trace": _f(b.value),
-                   "std_error": _f(b.std_error), "exact": False, "trace_per_parameter": _f(b.value) / b.num_parameters}
-                  for b in est.blocks]
-    out["trace"] = tr
-    out["trace_per_parameter"] = tr["value"] / n
-    out["per_layer"] = layers
-    dens = spectral_density(op, num_probes=dens_probes, num_lanczos=min(dens_steps, n),
-                            seed=plan.seed("curvature", 2), grid=256, quiet=plan.quiet)
-    grid = np.asarray(dens.grid, dtype=np.float64)
-    values = np.asarray(dens.values, dtype=np.float64)
-    out["density"] = {"num_probes": int(dens_probes), "lanczos_steps": int(min(dens_steps, n)), "grid": grid.tolist(),
-                      "values": values.tolist(), "num_matvecs": int(getattr(dens, "num_matvecs", 0) or 0)}
+    summary = summarize_curvature(op, top_k=k, tol=EIGEN_TOL, max_matvecs=eig_cap, trace=True,
+                                  trace_method="layerwise", num_matvecs=trace_mv, trace_rel_tol=TRACE_REL_TOL,
+                                  density=True, density_probes=dens_probes, density_steps=dens_steps,
+                                  seed=plan.seed("curvature"), quiet=plan.quiet)
+    out = _section_results(summary, int(probe.num_examples))
+    tr, eigenvalues = out["trace"], out["eigenvalues"]
+    if not summary.exact and summary.trace.stopped != "tolerance":
+        est = summary.trace
+        sec.notes.append(f"the trace's standard error is {est.relative_error:.0%} of its value after "
+                         f"{est.num_matvecs} matvecs (asked {TRACE_REL_TOL:.0%}): the Hessian is indefinite "
+                         "or the budget too small for that accuracy")
     sec.results = out
     results["summary"]["top_eigenvalue"] = eigenvalues[0] if eigenvalues else None
     results["summary"]["trace"] = tr["value"]
     if directory is not None:
         from .plots_spectrum import plot_density
 
-        plot_density(dens, directory / "spectrum.png", eigenvalues=eigenvalues,
+        plot_density(summary.density, directory / "spectrum.png", eigenvalues=eigenvalues,
                      title="Hessian eigenvalue density (probe batch)")
         sec.plots.append({"file": "spectrum.png",
                           "caption": "Hessian spectral density by stochastic Lanczos quadrature (smoothed), "
                                      "with the top eigenvalues from Lanczos marked."})
-        _layer_chart(sec, directory, "curvature_layers.png", layers, "trace", "std_error",
+        _layer_chart(sec, directory, "curvature_layers.png", out["per_layer"], "trace", "std_error",
                      "Hessian trace per layer (± 2 standard errors)", "trace of the layer's Hessian block",
                      "Curvature per layer: the trace of each layer's diagonal Hessian block, all from the same "
                      "probes as the whole-model trace.")
 
 
-def _layer_slices(space) -> list[tuple[str, np.ndarray]]:
-    out: dict[str, list[int]] = {}
-    for name, start, stop in zip(space.names, space.offsets[:-1], space.offsets[1:]):
-        out.setdefault(name.rsplit("/", 1)[0] if "/" in name else name, []).extend(range(start, stop))
-    return [(k, np.asarray(v, np.int64)) for k, v in out.items()]
+def _section_results(summary, probe_examples: int) -> dict[str, Any]:
+    """The curvature summary in this section's ``results.json`` layout.
+
+    The numbers are :meth:`~tfpartials.estimators.CurvatureSummary.to_json`'s (what ``tfpartials spectrum``
+    writes); the layout keeps the report's keys: flat ``eigen_*`` fields, ``per_layer`` for the layer traces, and
+    the density without its Gauss nodes (the page draws it; the nodes are in the command's output).
+    """
+    j = summary.to_json()
+    eigen = j.get("eigen", {})
+    density = {key: v for key, v in j["density"].items() if key not in ("ritz_values", "ritz_weights")}
+    return {"num_probe_examples": probe_examples, "num_parameters": j["num_parameters"], "exact": j["exact"],
+            "eigenvalues": j.get("eigenvalues", []), "eigen_residual_norms": eigen.get("residual_norms", []),
+            "eigen_converged": eigen.get("converged", True), "eigen_num_matvecs": eigen.get("num_matvecs", 0),
+            "eigen_tol": EIGEN_TOL, "trace": j["trace"], "trace_per_parameter": j["trace"]["value"] / j["num_parameters"],
+            "per_layer": j.get("layer_traces", []), "density": {**density, "lanczos_steps": density["num_lanczos"]},
+            "seed": j["seed"], "num_matvecs": j["num_matvecs"]}
 
 
 def _layer_chart(sec, directory, file, rows, key, err_key, title, xlabel, caption, log=False) -> None:
@@ -305,44 +290,6 @@ def _layer_chart(sec, directory, file, rows, key, err_key, title, xlabel, captio
         caption += (f" The {shown} largest of {len(rows)} layers are drawn (at most {MAX_BARS} bars); every "
                     "layer is in the table below (click a column to sort).")
     sec.plots.append({"file": file, "caption": caption})
-
-
-def _one_column_at_a_time(op):
-    """``op`` with every product taken one column at a time.
-
-    The estimators multiply blocks of different widths (Lanczos one vector, Hutch++ a sketch, then the sketch
-    and the probes together); a compiled Hessian-vector product is traced once per width, and on a small
-    model a trace costs far more than the products. One width means one trace for the whole section.
-    """
-    from .._backend import tf
-    from ..linalg.operator import LinearOperator
-
-    class OneColumn(LinearOperator):
-        def __init__(self, parent):
-            super().__init__(parent.n, parent.dtype, symmetric=parent.symmetric, psd=parent.psd,
-                             space=parent.space)
-            self.parent = parent
-
-        def _matmat(self, V):
-            cols = [self.parent.matmat(V[:, j:j + 1]) for j in range(int(V.shape[1]))]
-            return tf.concat(cols, axis=1) if cols else tf.zeros_like(V)
-
-    return OneColumn(op)
-
-
-def _top(op, n: int, k: int, seed: int, top_eigenvalues, quiet: bool, max_matvecs: int | None = None
-         ) -> dict[str, Any]:
-    """Top-k eigenvalues by Lanczos (descending), or all of a tiny operator's from its dense matrix."""
-    if k >= n:
-        dense = np.asarray(op.to_dense(), dtype=np.float64)
-        vals = np.sort(np.linalg.eigvalsh((dense + dense.T) / 2))[::-1]
-        return {"eigenvalues": vals.tolist(), "residual_norms": [0.0] * n, "converged": True, "num_matvecs": n}
-    eig = top_eigenvalues(op, k=k, tol=EIGEN_TOL, max_matvecs=max_matvecs, seed=seed, quiet=quiet)
-    vals = np.asarray(eig.eigenvalues, dtype=np.float64)
-    order = np.argsort(-vals, kind="stable")
-    return {"eigenvalues": vals[order].tolist(),
-            "residual_norms": np.asarray(eig.residual_norms, dtype=np.float64)[order].tolist(),
-            "converged": bool(eig.converged), "num_matvecs": int(eig.num_matvecs)}
 
 
 # ------------------------------------------------------------------------------------------ attributions

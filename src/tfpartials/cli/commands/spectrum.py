@@ -85,17 +85,7 @@ def _operator(args, model, data):
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from ...estimators import (
-        hutchinson_diagonal,
-        hutchinson_trace,
-        hutchpp_trace,
-        layer_names,
-        per_layer,
-        spectral_density,
-        top_eigenvalues,
-    )
+    from ...estimators import layer_names, per_layer, summarize_curvature
     from ...io.writers import check_output_path, save_json
     from ..common import load_model_and_data, print_table
 
@@ -111,47 +101,18 @@ def run(args) -> int:
                     "num_examples": data.num_examples, "parameters": list(op.space.names) if op.space else None,
                     "seed": args.seed}
     rows: list[list] = []
-    eig = None
-    if args.top_k:
-        k = min(args.top_k, n - 1)
-        if k < 1:
-            from ..._checks import InputError
-
-            raise InputError(f"--top-k: the operator has {n} parameter(s); an iterative solver needs at least 2")
-        eig = _quietly(top_eigenvalues, op, k=k, which=args.which, tol=args.tol, max_matvecs=args.max_matvecs,
-                       seed=args.seed, quiet=quiet)
-        if not eig.converged:
-            _note(f"the top eigenvalues did not reach --tol {args.tol:g} in {eig.num_matvecs} matvecs; the "
-                  "residual norms bound their errors (see 'eigen' in the output)")
-        order = np.argsort(-eig.eigenvalues, kind="stable")
-        result["eigenvalues"] = eig.eigenvalues[order].tolist()
-        result["eigen"] = {"which": args.which, "residual_norms": eig.residual_norms[order].tolist(),
-                           "converged": eig.converged, "num_matvecs": eig.num_matvecs, "tol": args.tol}
-        rows += [[f"eigenvalue {i + 1} ({args.which})", float(v), float(r), eig.num_matvecs]
-                 for i, (v, r) in enumerate(zip(eig.eigenvalues, eig.residual_norms))]
-    if args.trace:
-        estimator = hutchpp_trace if args.trace_method == "hutchpp" else hutchinson_trace
-        tr = estimator(op, args.num_matvecs, seed=args.seed, quiet=quiet)
-        result["trace"] = {**tr.as_dict(), "method": args.trace_method}
-        rows.append([f"trace ({args.trace_method})", tr.value, tr.std_error, tr.num_matvecs])
-    if args.diagonal:
-        dg = hutchinson_diagonal(op, args.num_matvecs, seed=args.seed, quiet=quiet)
-        values = dg.as_dict() if op.space is not None else {"diagonal": dg.values}
-        errors = dg.std_error_dict() if op.space is not None else {"diagonal": dg.std_error}
-        result["diagonal"] = {"values": values, "std_error": errors, "num_matvecs": dg.num_matvecs}
-        rows.append(["diagonal: sum", float(dg.values.sum()), float(np.sqrt(np.sum(dg.std_error**2))),
-                     dg.num_matvecs])
-    density = None
-    if args.density:
-        density = spectral_density(op, num_probes=args.num_probes, num_lanczos=args.num_lanczos, seed=args.seed,
-                                   quiet=quiet)
-        result["density"] = {**density.as_dict(), "sigma": density.sigma, "num_probes": args.num_probes,
-                             "num_lanczos": int(density.ritz_values.shape[1]), "num_matvecs": density.num_matvecs,
-                             "ritz_values": density.ritz_values.tolist(),
-                             "ritz_weights": density.ritz_weights.tolist()}
-        per_probe = np.sum(density.ritz_weights * density.ritz_values, axis=1)
-        se = float(per_probe.std(ddof=1) / np.sqrt(per_probe.size)) if per_probe.size > 1 else float("nan")
-        rows.append(["density: mean eigenvalue (trace/n)", density.moment(1), se, density.num_matvecs])
+    summary = None
+    if args.top_k or args.trace or args.diagonal or args.density:
+        summary = _quietly(summarize_curvature, op, top_k=args.top_k, which=args.which, tol=args.tol,
+                           max_matvecs=args.max_matvecs, trace=args.trace, trace_method=args.trace_method,
+                           num_matvecs=args.num_matvecs, diagonal=args.diagonal, density=args.density,
+                           density_probes=args.num_probes, density_steps=args.num_lanczos, seed=args.seed,
+                           quiet=quiet)
+        result.update(summary.to_json())
+        rows += _rows(summary, result, args.which)
+        if summary.eigen is not None and not summary.eigen.converged:
+            _note(f"the top eigenvalues did not reach --tol {args.tol:g} in {summary.eigen.num_matvecs} matvecs; "
+                  "the residual norms bound their errors (see 'eigen' in the output)")
     if args.per_layer and op.space is not None:
         layers = {}
         for name, res in per_layer(lambda block: _block_top(block, args), op, layer_names(op.space)).items():
@@ -169,24 +130,44 @@ def run(args) -> int:
     if args.plot:
         from ...reports.plots_spectrum import plot_density
 
-        plot_density(density, args.plot, None if eig is None else eig.eigenvalues,
+        plot_density(summary.density, args.plot, result.get("eigenvalues"),
                      title=f"{args.operator.capitalize()} eigenvalue density", overwrite=args.overwrite)
     return 0
 
 
 def _block_top(block, args) -> dict:
-    """Top eigenvalue of one layer's block (exact for a block of one parameter)."""
+    """Top eigenvalue of one layer's block, by the same rules as the whole operator's (exact if small)."""
+    from ...estimators import summarize_curvature
+
+    res = _quietly(summarize_curvature, block, top_k=1, which=args.which, tol=args.tol,
+                   max_matvecs=args.max_matvecs, num_matvecs=args.num_matvecs, seed=args.seed, quiet=args.quiet)
+    eig = res.to_json()
+    return {"eigenvalues": eig["eigenvalues"], "residual_norms": eig["eigen"]["residual_norms"],
+            "num_matvecs": res.num_matvecs, "num_parameters": block.n, "converged": eig["eigen"]["converged"]}
+
+
+def _rows(summary, result: dict, which: str) -> list[list]:
+    """The printed table: quantity, value, error, matvecs."""
     import numpy as np
 
-    from ...estimators import top_eigenvalues
-
-    if block.n == 1:
-        value = float(np.asarray(block.to_dense()).reshape(-1)[0])
-        return {"eigenvalues": [value], "residual_norms": [0.0], "num_matvecs": 1, "num_parameters": 1}
-    res = _quietly(top_eigenvalues, block, k=1, which=args.which, tol=args.tol, max_matvecs=args.max_matvecs,
-                   seed=args.seed, quiet=args.quiet)
-    return {"eigenvalues": res.eigenvalues.tolist(), "residual_norms": res.residual_norms.tolist(),
-            "num_matvecs": res.num_matvecs, "num_parameters": block.n, "converged": res.converged}
+    rows: list[list] = []
+    if "eigenvalues" in result:
+        e = result["eigen"]
+        rows += [[f"eigenvalue {i + 1} ({which})", v, r, e["num_matvecs"]]
+                 for i, (v, r) in enumerate(zip(result["eigenvalues"], e["residual_norms"]))]
+    if summary.trace is not None:
+        tr = summary.trace
+        rows.append([f"trace ({summary.trace_method})", tr.value, tr.std_error, tr.num_matvecs])
+    if summary.diagonal is not None:
+        dg = summary.diagonal
+        rows.append(["diagonal: sum", float(dg.values.sum()), float(np.sqrt(np.sum(dg.std_error**2))),
+                     dg.num_matvecs])
+    if summary.density is not None:
+        d = summary.density
+        per_probe = np.sum(d.ritz_weights * d.ritz_values, axis=1)
+        se = float(per_probe.std(ddof=1) / np.sqrt(per_probe.size)) if per_probe.size > 1 else float("nan")
+        rows.append(["density: mean eigenvalue (trace/n)", d.moment(1), se, d.num_matvecs])
+    return rows
 
 
 def _quietly(fn, *args, **kwargs):
