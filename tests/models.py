@@ -125,3 +125,17 @@ def lstm_model(n=9, steps=4, d=3, seed=7):
     x = rng.normal(size=(n, steps, d)).astype("float32")
     y = rng.normal(size=(n, 1)).astype("float32")
     return model, x, y
+
+
+def attention_model(n=6, steps=3, d=4, seed=8):
+    """Self-attention over a short sequence: MultiHeadAttention (2 heads of 2) -> LayerNormalization -> Dense."""
+    rng = _seed(seed)
+    inp = keras.Input((steps, d))
+    h = keras.layers.MultiHeadAttention(2, 2, name="mha")(inp, inp)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    out = keras.layers.Dense(1, name="out")(keras.layers.GlobalAveragePooling1D(name="avg")(h))
+    model = keras.Model(inp, out)
+    _randomize(model, rng)
+    x = rng.normal(size=(n, steps, d)).astype("float32")
+    y = rng.normal(size=(n, 1)).astype("float32")
+    return model, x, y

@@ -437,17 +437,10 @@ def test_ekfac_traces_each_compiled_pass_once(caplog):
     np.testing.assert_allclose(E.to_dense().numpy(), 2 * xa.T @ xa / 7, rtol=1e-4, atol=1e-6)
 
 
-def test_projections_inside_attention_are_refused_in_one_line_and_can_be_left_out():
-    _k = keras
-    _k.utils.set_random_seed(0)
-    inp = _k.Input((4, 6))
-    h = _k.layers.MultiHeadAttention(2, 3, name="mha")(inp, inp)
-    out = _k.layers.Dense(2, name="head")(_k.layers.GlobalAveragePooling1D()(h))
-    model = _k.Model(inp, out)
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(5, 4, 6)).astype("float32"), rng.normal(size=(5, 2)).astype("float32")
-    with pytest.raises(InputError, match="'mha/query' runs inside 'mha' \\(MultiHeadAttention\\)") as info:
-        KFACOperator(model, (x, y), loss="mse", quiet=True)
-    assert "\n" not in str(info.value)
-    op = KFACOperator(model, (x, y), loss="mse", wrt=["head/*"], quiet=True)
-    assert [b.layer for b in op.blocks] == ["head"]
+def test_projections_inside_attention_get_blocks_and_can_be_left_out():
+    """(Exactness and factor definitions of the projections: tests/linalg/test_kfac_nested.py.)"""
+    model, x, y = M.attention_model(n=5, steps=4)
+    op = KFACOperator(model, (x, y), loss="mse", wrt=["out/*"], quiet=True)
+    assert [b.layer for b in op.blocks] == ["out"]
+    op = KFACOperator(model, (x, y), loss="mse", wrt=["mha/*"], quiet=True)
+    assert [b.layer for b in op.blocks] == ["mha/query", "mha/key", "mha/value", "mha/attention_output"]

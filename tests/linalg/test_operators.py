@@ -25,6 +25,11 @@ def _curvature(cls, **kw):
     return cls(model, (x, y), loss="mse", batch_size=5, precision="float64", **kw)
 
 
+def _attention():
+    model, x, y = M.attention_model(n=7)  # MultiHeadAttention projections, LayerNormalization, Dense
+    return model, (x, y)
+
+
 BUILDERS = {
     "dense_symmetric": lambda: DenseOperator(_SYM),
     "dense_nonsymmetric": lambda: DenseOperator(_NONSYM),
@@ -40,6 +45,9 @@ BUILDERS = {
     "hessian_plus_ggn": lambda: _get("hessian") + 0.5 * _get("ggn"),
     "kfac": lambda: _curvature(KFACOperator, quiet=True),
     "ekfac": lambda: _curvature(EKFACOperator, quiet=True),
+    "kfac_attention": lambda: KFACOperator(*_attention(), loss="mse", batch_size=4, precision="float64", quiet=True),
+    "ekfac_attention": lambda: EKFACOperator(*_attention(), loss="mse", batch_size=4, precision="float64",
+                                             quiet=True),
     "kfac_inverse": lambda: _get("kfac").inverse(0.1),
     "restricted_hessian": lambda: RestrictedOperator(_get("hessian"), np.array([0, 3, 7, 8, 25])),
     "restricted_nonsymmetric": lambda: RestrictedOperator(DenseOperator(_NONSYM), np.array([5, 1, 2])),

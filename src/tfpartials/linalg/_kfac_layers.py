@@ -11,13 +11,25 @@ A tapped layer yields ``a`` of shape ``(B, R, G, d_in)`` (its input features at 
 sequence steps, convolution patches, for each of ``G`` independent groups) and ``z`` whose gradient reshapes to
 ``(B, R, G, d_out)``, with ``z[b, r, g, :] = a[b, r, g, :] @ W_g + bias_g`` and ``W_g`` group ``g``'s slice of
 the kernel reshaped to ``(d_in, d_out)``. ``G = 1`` except for depthwise convolutions (one group per input
-channel: ``d_in = kh*kw``, ``d_out`` the depth multiplier).
+channel: ``d_in = kh*kw`` (``k`` for DepthwiseConv1D), ``d_out`` the depth multiplier).
+
+Layers that run inside another layer's own ``call`` (the query/key/value/output ``EinsumDense`` projections of a
+``MultiHeadAttention``, the layer wrapped by ``TimeDistributed``) are not nodes of the graph. For them the
+re-evaluation intercepts the sub-layer's ``call`` while it runs: :func:`intercepted_calls` puts a forwarding
+``call`` on the sub-layer instance (reference-counted, under a lock, removed on exit even on error; the same
+discipline as :func:`tfpartials._tracing.derivative_scope`), and the forwarder evaluates the linear map written
+out here only when the calling thread is inside a tapped re-evaluation; any other caller (another thread, the
+user) reaches the layer's own ``call``. A layer called several times (shared weights, ``TimeDistributed``'s
+steps) yields one tap per call.
 """
 
 from __future__ import annotations
 
 import inspect
 import string
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +38,7 @@ import numpy as np
 from .._backend import keras, tf
 from .._checks import InputError
 
-__all__ = ["Tapped", "find_layers", "tapped_forward"]
+__all__ = ["Tapped", "find_layers", "tapped_forward", "intercepted_calls"]
 
 
 def _classes(*names: str) -> tuple:
@@ -52,6 +64,7 @@ class Tapped:
     extra: dict = field(default_factory=dict)
     groups: int = 1           # G: independent Kronecker blocks of this layer (depthwise: input channels)
     bias_order: np.ndarray | None = None  # (G, d_out): bias index of each group's output (default: arange)
+    inside: Any = None        # the layer whose own call runs this one (None: a node of a functional graph)
 
     @property
     def d_a(self) -> int:
@@ -112,15 +125,12 @@ def find_layers(model, space) -> tuple[list[Tapped], list[tuple[str, Any]]]:
         own = [v for v in getattr(layer, "_trainable_variables", []) if id(v) in selected]
         if not own:
             continue
-        if inside is not None and _spec(layer, path, selected) is not None:
-            raise InputError(f"KFAC: layer {path!r} runs inside {inside.name!r} ({type(inside).__name__})'s own "
-                             "call, where its inputs cannot be captured without changing the model; not supported "
-                             f"yet: exclude its variables with wrt=... (e.g. every variable but '{inside.name}/*')")
         if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
             raise InputError(f"KFAC: layer {path!r} is LoRA-enabled or quantised; not supported (exclude it "
                              "with wrt=...)")
         spec = _spec(layer, path, selected)
         if spec is not None:
+            spec.inside = inside
             tapped.append(spec)
             claimed.update(id(v) for v in (spec.kernel, spec.bias) if v is not None)
         elif isinstance(layer, _NORMALIZATION):
@@ -130,7 +140,8 @@ def find_layers(model, space) -> tuple[list[Tapped], list[tuple[str, Any]]]:
     for v, n in zip(space.variables, space.names):
         if id(v) not in claimed:
             raise InputError(f"KFAC: parameter {n!r} belongs to a layer without a Kronecker-factored form "
-                             "(supported: Dense, EinsumDense, Conv1D/2D, DepthwiseConv2D, Embedding; "
+                             "(supported: Dense, EinsumDense, Conv1D/2D, DepthwiseConv1D/2D, Embedding, also inside "
+                             "MultiHeadAttention and TimeDistributed; "
                              "normalisation layers get their exact diagonal); exclude it with wrt=...")
     return tapped, diagonal
 
@@ -162,13 +173,14 @@ def _spec(layer, path: str, selected: dict) -> Tapped | None:
                                  "kernel's output axes; exclude its bias with wrt=...")
         return Tapped(layer, path, "einsum", sel(kernel), bias, d_in, d_out,
                       _kernel_order(shape, ax_in, ax_out), {"plan": plan})
-    if isinstance(layer, _classes("DepthwiseConv2D")):
+    if isinstance(layer, _classes("DepthwiseConv1D", "DepthwiseConv2D")):
         if layer.data_format != "channels_last":
             raise InputError(f"KFAC: convolution {path!r} uses data_format={layer.data_format!r}; only "
                              "channels_last is supported")
-        kh, kw, c_in, mult = (int(s) for s in layer.kernel.shape)
-        order = np.arange(kh * kw * c_in * mult).reshape(kh * kw, c_in, mult).transpose(1, 0, 2)
-        return Tapped(layer, path, "depthwise", sel(layer.kernel), bias, kh * kw, mult,
+        *ks, c_in, mult = (int(s) for s in layer.kernel.shape)
+        k = int(np.prod(ks))  # kernel positions: k (1D) or kh*kw (2D), row-major
+        order = np.arange(k * c_in * mult).reshape(k, c_in, mult).transpose(1, 0, 2)
+        return Tapped(layer, path, "depthwise", sel(layer.kernel), bias, k, mult,
                       order.reshape(c_in, -1), groups=c_in,
                       bias_order=np.arange(c_in * mult).reshape(c_in, mult))
     conv_classes = _classes("Conv1D", "Conv2D")
@@ -248,13 +260,17 @@ def _linear(spec: Tapped, x, kernel, bias):
         return a, z, to_rows
     if spec.kind == "depthwise":
         G, k = spec.groups, spec.d_in
-        z = tf.nn.depthwise_conv2d(x, kernel, strides=[1, *layer.strides, 1], padding=layer.padding.upper(),
-                                   dilations=list(layer.dilation_rate))
+        a = tf.reshape(_patches(x, layer), (tf.shape(x)[0], -1, k, G))  # patch order (kh, kw, c)
+        a = tf.transpose(a, (0, 1, 3, 2))
+        if len(layer.kernel_size) == 1:  # from the patches: z[b, r, c*mult + m] = sum_k a[b, r, c, k] W[k, c, m]
+            z = tf.einsum("brck,kcm->brcm", a, kernel)
+            z = tf.reshape(z, (tf.shape(x)[0], -1, G * spec.d_out))
+        else:
+            z = tf.nn.depthwise_conv2d(x, kernel, strides=[1, *layer.strides, 1], padding=layer.padding.upper(),
+                                       dilations=list(layer.dilation_rate))
         if bias is not None:
             z = z + bias
-        a = tf.reshape(_patches(x, layer), (tf.shape(x)[0], -1, k, G))  # patch order (kh, kw, c)
-        return (tf.transpose(a, (0, 1, 3, 2)), z,
-                lambda g: tf.reshape(g, (tf.shape(g)[0], -1, G, spec.d_out)))  # channel c*mult + m
+        return a, z, lambda g: tf.reshape(g, (tf.shape(g)[0], -1, G, spec.d_out))  # channel c*mult + m
     # convolution
     z = _conv(x, kernel, layer)
     if bias is not None:
@@ -286,28 +302,100 @@ def _is_graph_model(m) -> bool:
     return isinstance(m, Functional) or (isinstance(m, keras.Sequential) and getattr(m, "_functional", None))
 
 
+# ------------------------------------------------------------------------------------------ nested layers
+_LOCK = threading.RLock()
+_INSTALLED: dict[int, list] = {}   # id(layer) -> [layer, refcount, previous instance ``call`` or _ABSENT]
+_ACTIVE = threading.local()        # .stack: handler dicts {id(layer): fn} of this thread's open scopes
+_ABSENT = object()
+
+
+def _forwarder(layer, original):
+    def call(*args, **kwargs):
+        for handlers in reversed(getattr(_ACTIVE, "stack", ())):
+            fn = handlers.get(id(layer))
+            if fn is not None:
+                return fn(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    call._tfpartials_forwarder = True
+    return call
+
+
+@contextmanager
+def intercepted_calls(handlers: dict) -> Iterator[None]:
+    """Route ``layer.call`` to ``handlers[id(layer)] = (layer, fn)`` for the calling thread, inside the scope.
+
+    Other threads and code outside the scope reach the layer's own ``call``; the forwarder is removed (and any
+    ``call`` the instance held before restored) when the last scope using that layer exits, error or not.
+    """
+    with _LOCK:
+        for key, (layer, _) in handlers.items():
+            entry = _INSTALLED.get(key)
+            if entry is None:
+                previous = layer.__dict__.get("call", _ABSENT)
+                object.__setattr__(layer, "call", _forwarder(layer, layer.call))
+                _INSTALLED[key] = [layer, 1, previous]
+            else:
+                entry[1] += 1
+    stack = getattr(_ACTIVE, "stack", None)
+    if stack is None:
+        stack = _ACTIVE.stack = []
+    stack.append({key: fn for key, (_, fn) in handlers.items()})
+    try:
+        yield
+    finally:
+        stack.pop()
+        with _LOCK:
+            for key in handlers:
+                entry = _INSTALLED[key]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    layer, _, previous = _INSTALLED.pop(key)
+                    if previous is _ABSENT:
+                        object.__delattr__(layer, "call")
+                    else:
+                        object.__setattr__(layer, "call", previous)
+
+
+def _tap_call(spec: Tapped, values: dict, on_tap):
+    """The tapped layer's call: its linear map on the parameter tensors, the pre-activation handed to on_tap."""
+    op = spec.layer
+
+    def call(inp, *args, **kwargs):
+        if args or isinstance(inp, list | tuple | dict):
+            raise InputError(f"KFAC: layer {spec.name!r} is called with several inputs; not supported")
+        kernel = values[id(op.embeddings if spec.kind == "embedding" else op.kernel)]
+        bias = values[id(op.bias)] if getattr(op, "bias", None) is not None else None
+        a, z, to_rows = _linear(spec, inp, kernel, bias)
+        z = on_tap(spec, a, z, to_rows)
+        return _activation(op, z)
+
+    return call
+
+
 def tapped_forward(model, values: dict, x, tapped: dict, on_tap, training: bool = False):
     """Outputs of ``model`` at ``values`` (``id(variable) -> tensor``) with each tapped layer evaluated as its
     linear map; ``on_tap(spec, a, z, to_rows)`` sees the features and the pre-activation (and must return z,
-    e.g. after ``tape.watch``)."""
+    e.g. after ``tape.watch``), once per call of the layer. Layers run inside another layer's ``call``
+    (``spec.inside``) are intercepted for the duration (:func:`intercepted_calls`)."""
+    nested = {key: (s.layer, _tap_call(s, values, on_tap)) for key, s in tapped.items() if s.inside is not None}
+    if not nested:
+        return _forward(model, values, x, tapped, on_tap, training)
+    with intercepted_calls(nested):
+        return _forward(model, values, x, tapped, on_tap, training)
+
+
+def _forward(model, values: dict, x, tapped: dict, on_tap, training: bool):
     def own(layer, trainable: bool):
         vs = layer.trainable_variables if trainable else layer.non_trainable_variables
         return [values[id(v)] for v in vs]
 
     def wrap(op):
         spec = tapped.get(id(op))
-        if spec is not None:
-            def call(inp, *args, **kwargs):
-                if args or isinstance(inp, list | tuple | dict):
-                    raise InputError(f"KFAC: layer {spec.name!r} is called with several inputs; not supported")
-                kernel = values[id(op.embeddings if spec.kind == "embedding" else op.kernel)]
-                bias = values[id(op.bias)] if getattr(op, "bias", None) is not None else None
-                a, z, to_rows = _linear(spec, inp, kernel, bias)
-                z = on_tap(spec, a, z, to_rows)
-                return _activation(op, z)
-            return call
+        if spec is not None and spec.inside is None:
+            return _tap_call(spec, values, on_tap)
         if isinstance(op, keras.Model):
-            return lambda inp, *a, **k: tapped_forward(op, values, inp, tapped, on_tap, training)
+            return lambda inp, *a, **k: _forward(op, values, inp, tapped, on_tap, training)
         if isinstance(op, keras.layers.Layer):
             extra = {"training": training} if _accepts_training(op) else {}
             if op.variables:

@@ -148,14 +148,17 @@ def _record(obj, params, x, tapped, tape, sizes=None):
     taps: dict = {}
     by_id = {id(s.layer): s for s in tapped}
 
-    def on_tap(spec, a, z, to_rows):
-        if spec.name in taps:
-            raise InputError(f"KFAC: layer {spec.name!r} is called more than once (shared weights); not supported")
+    def on_tap(spec, a, z, to_rows):  # one entry per call: a layer with shared weights is tapped at every use
         tape.watch(z)
-        taps[spec.name] = (a, z, to_rows)
+        taps.setdefault(spec.name, []).append((a, z, to_rows))
         return z
 
     out = tapped_forward(obj.model, _values(obj, params), x, by_id, on_tap, obj.training)
+    missing = [s.name for s in tapped if s.name not in taps]
+    if missing:
+        raise obj._remember(InputError(
+            f"KFAC: layer {missing[0]!r} was not called while re-evaluating model {obj.model.name!r} (its owner "
+            "reads its weights without calling it); exclude it with wrt=..."))
     outs = [tf.cast(o, obj.dtype) for o in tf.nest.flatten(out)]
     sizes = [-1] * len(outs) if sizes is None else sizes
     flat = tf.concat([tf.reshape(o, (tf.shape(o)[0], c)) for o, c in zip(outs, sizes)], axis=1)
@@ -193,10 +196,16 @@ def _grouped(t):
     return t[:, :, None, :] if t.shape.rank == 3 else t
 
 
-def _features(spec: Tapped, a, approx):
-    """Input features with the ones of the bias; expand: (B, R, G, d_a); reduce: (B, 1, G, d_a) of position
-    means."""
-    a = _grouped(a)
+def _positions(parts):
+    """The uses of one layer as weight-sharing positions: ``(B, R_1 + ... + R_U, G, d)``."""
+    parts = [_grouped(t) for t in parts]
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+
+def _features(spec: Tapped, uses, approx):
+    """Input features (over all uses of the layer) with the ones of the bias; expand: (B, R, G, d_a); reduce:
+    (B, 1, G, d_a) of position means."""
+    a = _positions([u[0] for u in uses])
     parts = []
     if spec.kernel is not None:
         parts.append(a)
@@ -216,8 +225,9 @@ def _factor_kernel(obj, tapped, diag_idx, fisher, approx, factor, ekfac, sizes):
             tape.watch(diag_params)
             flat, structure, outs, taps = _record(obj, params, x, tapped, tape, sizes)
         cols = _loss_columns(obj, flat, structure, outs, sizes, y, fisher)
-        zs = [taps[s.name][1] for s in tapped]
-        feats = [_features(s, taps[s.name][0], approx) for s in tapped]
+        uses = [taps[s.name] for s in tapped]
+        zs = [z for u in uses for _, z, _ in u]
+        feats = [_features(s, u, approx) for s, u in zip(tapped, uses)]
         wf = w * factor
         jacs = [tape.jacobian(flat, p, unconnected_gradients=tf.UnconnectedGradients.ZERO) for p in diag_params]
         Bs = [tf.zeros((s.groups, s.d_out, s.d_out), obj.dtype) for s in tapped]
@@ -226,10 +236,14 @@ def _factor_kernel(obj, tapped, diag_idx, fisher, approx, factor, ekfac, sizes):
         for c in range(cols.shape[-1]):
             u = cols[:, :, c]
             gz = tape.gradient(flat, zs, output_gradients=u) if zs else []
-            for k, (s, g) in enumerate(zip(tapped, gz)):
-                g = _grouped(taps[s.name][2](g))
+            _check_connected(obj, tapped, uses, gz)
+            per_layer, start = [], 0
+            for use in uses:
+                per_layer.append(_positions([to_rows(g) for (_, _, to_rows), g in zip(use, gz[start:])]))
+                start += len(use)
+            for k, (s, g) in enumerate(zip(tapped, per_layer)):
                 if ekfac:  # the true per-example gradient sum_r a_r g_r^T, projected onto the eigenbasis
-                    full = _features(s, taps[s.name][0], "expand")
+                    full = _features(s, uses[k], "expand")
                     G = tf.einsum("brgi,brgj->bgij", full, g)
                     P = tf.einsum("gia,bgij,gjc->bgac", bases[2 * k], G, bases[2 * k + 1])
                     Cs[k] = Cs[k] + tf.einsum("b,bgac->gac", wf, P * P)
@@ -249,6 +263,16 @@ def _factor_kernel(obj, tapped, diag_idx, fisher, approx, factor, ekfac, sizes):
         return As + Bs + Ds
 
     return fn
+
+
+def _check_connected(obj, tapped, uses, gz):
+    start = 0
+    for s, use in zip(tapped, uses):
+        if any(g is None for g in gz[start:start + len(use)]):
+            raise obj._remember(InputError(
+                f"KFAC: the output of layer {s.name!r} does not reach the model's outputs by a path the tape can "
+                "follow (e.g. it runs inside a loop of its owner); exclude it with wrt=..."))
+        start += len(use)
 
 
 # ---------------------------------------------------------------------------------- block-diagonal products
