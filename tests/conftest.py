@@ -32,6 +32,37 @@ def rng():
 
 
 @pytest.fixture
+def cli(capsys):
+    """``cli(*argv) -> (exit code, stdout, stderr)`` through the real entry point ``main``, in-process."""
+    from tfpartials.cli.main import main
+
+    def run(*argv):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def save_case(tmp_path_factory):
+    """``save_case(name, model, loss, **arrays) -> directory``: the model compiled with ``loss`` saved as
+    ``name.keras`` and ``arrays`` as ``name.npz``, in one directory per test module (for the command line)."""
+    root = tmp_path_factory.mktemp("saved")
+
+    def save(name: str, model, loss, **arrays):
+        model.compile(loss=loss)
+        model.save(root / f"{name}.keras")
+        np.savez(root / f"{name}.npz", **arrays)
+        return root
+
+    return save
+
+
+@pytest.fixture
 def linreg():
     """(model, x, y) for y = xW + b with MSE: closed forms available."""
     return M.linear_regression()

@@ -1,4 +1,4 @@
-"""Saved models and data shared by the command-line tests, and a helper that runs the CLI in-process."""
+"""Saved models and data shared by the command-line tests (the in-process runner ``cli`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -46,22 +46,6 @@ def files(tmp_path_factory) -> Files:
     return Files(root, root / "lin.keras", root / "lin.h5", root / "lin.npz", root / "lin.csv",
                  root / "mlp.keras", root / "mlp.npz", x, y, lin.kernel.numpy().astype(np.float64),
                  lin.bias.numpy().astype(np.float64))
-
-
-@pytest.fixture
-def cli(capsys):
-    """``cli(*argv) -> (exit code, stdout, stderr)`` through the real entry point ``main``, in-process."""
-    from tfpartials.cli.main import main
-
-    def run(*argv):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse usage errors
-            code = exc.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def closed_form_gradient(files: Files) -> dict[str, np.ndarray]:

@@ -9,12 +9,9 @@ from tests.influence.problems import ridge_fit, ridge_problem
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(save_case):
     model, x, y, xt, yt, c = ridge_problem()
-    root = tmp_path_factory.mktemp("influence_cli")
-    model.compile(loss="mse")
-    model.save(root / "ridge.keras")
-    np.savez(root / "train.npz", x=x, y=y)
+    root = save_case("ridge", model, "mse", x=x, y=y)
     np.savez(root / "test.npz", x=xt, y=yt)
     n, d = x.shape
     A, At = np.hstack([x, np.ones((n, 1))]), np.hstack([xt, np.ones((len(xt), 1))])
@@ -26,22 +23,11 @@ def saved(tmp_path_factory):
     return root, closed, self_closed
 
 
-def _cli(capsys, *argv):
-    from tfpartials.cli.main import main
-
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_influence_scores_and_top_k(saved, capsys, tmp_path):
+def test_influence_scores_and_top_k(saved, cli, tmp_path):
     root, closed, _ = saved
     out = tmp_path / "inf.npz"
-    code, stdout, err = _cli(capsys, "influence", root / "ridge.keras", "--train", root / "train.npz", "--test",
-                             root / "test.npz", "--method", "cg", "--damping", "0.01", "--top-k", "3", "--out", out)
+    code, stdout, err = cli("influence", root / "ridge.keras", "--train", root / "ridge.npz", "--test",
+                    root / "test.npz", "--method", "cg", "--damping", "0.01", "--top-k", "3", "--out", out)
     assert code == 0, err
     assert "helpful" in stdout
     with np.load(out, allow_pickle=False) as z:
@@ -51,11 +37,11 @@ def test_influence_scores_and_top_k(saved, capsys, tmp_path):
         assert "positive = i helped" in str(z["definition"]) and str(z["method"]) == "cg"
 
 
-def test_self_influence(saved, capsys, tmp_path):
+def test_self_influence(saved, cli, tmp_path):
     root, _, self_closed = saved
     out = tmp_path / "self.npz"
-    code, _, err = _cli(capsys, "influence", root / "ridge.keras", "--train", root / "train.npz", "--self",
-                        "--damping", "0.01", "--top-k", "4", "--out", out, "--quiet")
+    code, _, err = cli("influence", root / "ridge.keras", "--train", root / "ridge.npz", "--self",
+               "--damping", "0.01", "--top-k", "4", "--out", out, "--quiet")
     assert code == 0, err
     with np.load(out, allow_pickle=False) as z:
         np.testing.assert_allclose(z["self_influence"], self_closed, rtol=1e-6, atol=1e-10)
@@ -72,13 +58,13 @@ def test_self_influence(saved, capsys, tmp_path):
     (["--test", "TEST", "--method", "arnoldi", "--rank", "50"], "rank: expected 1 <= rank < 9"),
     (["--test", "MISSING"], "missing.npz"),
 ])
-def test_bad_input_exits_2_without_output(saved, capsys, tmp_path, extra, message):
+def test_bad_input_exits_2_without_output(saved, cli, tmp_path, extra, message):
     root, _, _ = saved
     extra = [str(root / "test.npz") if a == "TEST" else str(tmp_path / "missing.npz") if a == "MISSING" else a
              for a in extra]
     if "--out" not in extra:
         extra += ["--out", str(tmp_path / "inf.npz")]
-    code, _, err = _cli(capsys, "influence", root / "ridge.keras", "--train", root / "train.npz", "--quiet", *extra)
+    code, _, err = cli("influence", root / "ridge.keras", "--train", root / "ridge.npz", "--quiet", *extra)
     assert code == 2
     assert err.startswith("tfpartials: error:") and err.count("\n") == 1 and message in err
     assert list(tmp_path.iterdir()) == []

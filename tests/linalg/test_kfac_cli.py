@@ -12,35 +12,18 @@ from tests import models as M
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kfac_cli")
+def files(save_case):
     model, x, y = M.linear_regression(n=11, d=3)
-    model.compile(loss="mse")
-    model.save(root / "lin.keras")
-    np.savez(root / "lin.npz", x=x, y=y)
+    save_case("lin", model, "mse", x=x, y=y)
     lstm, xl, yl = M.lstm_model()
-    lstm.compile(loss="mse")
-    lstm.save(root / "lstm.keras")
-    np.savez(root / "lstm.npz", x=xl, y=yl)
-    return root, x
+    return save_case("lstm", lstm, "mse", x=xl, y=yl), x
 
 
-def _cli(capsys, *argv):
-    from tfpartials.cli.main import main
-
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_kfac_writes_named_factors_equal_to_closed_form(files, capsys, tmp_path):
+def test_kfac_writes_named_factors_equal_to_closed_form(files, cli, tmp_path):
     root, x = files
     out = tmp_path / "f.npz"
-    code, stdout, err = _cli(capsys, "kfac", root / "lin.keras", "--data", root / "lin.npz", "--out", out,
-                             "--precision", "float64", "--batch-size", "4")
+    code, stdout, err = cli("kfac", root / "lin.keras", "--data", root / "lin.npz", "--out", out,
+                    "--precision", "float64", "--batch-size", "4")
     assert code == 0, err
     assert "lin" in stdout and os.listdir(tmp_path) == ["f.npz"]
     xa = np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], axis=1)
@@ -51,24 +34,24 @@ def test_kfac_writes_named_factors_equal_to_closed_form(files, capsys, tmp_path)
         np.testing.assert_array_equal(z["lin/indices"], np.arange(4))
 
 
-def test_kfac_bad_input_exits_2_with_one_line_and_no_file(files, capsys, tmp_path):
+def test_kfac_bad_input_exits_2_with_one_line_and_no_file(files, cli, tmp_path):
     root, _ = files
     out = tmp_path / "f.npz"
-    code, _, err = _cli(capsys, "kfac", root / "lstm.keras", "--data", root / "lstm.npz", "--out", out, "--quiet")
+    code, _, err = cli("kfac", root / "lstm.keras", "--data", root / "lstm.npz", "--out", out, "--quiet")
     assert code == 2 and err.startswith("tfpartials: error: KFAC: parameter 'lstm/") and err.count("\n") == 1
     assert not out.exists()
-    code, _, err = _cli(capsys, "kfac", root / "lin.keras", "--data", root / "lin.npz", "--mc-samples", "0")
+    code, _, err = cli("kfac", root / "lin.keras", "--data", root / "lin.npz", "--mc-samples", "0")
     assert code == 2 and "--mc-samples: expected a positive integer" in err
-    code, _, err = _cli(capsys, "kfac", root / "lin.keras", "--data", root / "lin.npz", "--fisher", "nope")
+    code, _, err = cli("kfac", root / "lin.keras", "--data", root / "lin.npz", "--fisher", "nope")
     assert code == 2 and "invalid choice" in err
 
 
 @pytest.mark.parametrize("operator", ["kfac", "ekfac"])
-def test_spectrum_operator_kfac(files, capsys, tmp_path, operator):
+def test_spectrum_operator_kfac(files, cli, tmp_path, operator):
     root, x = files
     out = tmp_path / "s.json"
-    code, _, err = _cli(capsys, "spectrum", root / "lin.keras", "--data", root / "lin.npz", "--operator", operator,
-                        "--top-k", "2", "--precision", "float64", "--out", out, "--quiet")
+    code, _, err = cli("spectrum", root / "lin.keras", "--data", root / "lin.npz", "--operator", operator,
+               "--top-k", "2", "--precision", "float64", "--out", out, "--quiet")
     assert code == 0, err
     xa = np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], axis=1)
     ref = np.sort(np.linalg.eigvalsh(2 * xa.T @ xa / len(x)))[::-1][:2]   # linear model: KFAC = EKFAC = GGN
