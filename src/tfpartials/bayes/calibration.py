@@ -37,6 +37,14 @@ class CalibrationResult:
         bin_accuracy: ``(bins,)`` accuracy per bin (NaN for an empty bin).
         bin_counts: ``(bins,)`` examples per bin.
         num_examples: ``N``.
+
+    Example:
+        >>> import numpy as np, tfpartials as tp
+        >>> r = tp.calibration(np.array([[0.9, 0.1], [0.8, 0.2]]), np.array([0, 1]), bins=10)
+        >>> r.mce, round(r.brier, 6), r.bin_counts.tolist()   # |0 - 0.8|; ((.1^2 + .1^2) + (.8^2 + .8^2)) / 2
+        (0.8, 0.65, [0, 0, 0, 0, 0, 0, 0, 1, 1, 0])
+        >>> bool(np.isclose(r.nll, -(np.log(0.9) + np.log(0.2)) / 2))
+        True
     """
 
     ece: float
@@ -178,7 +186,23 @@ def reliability_figure(results: CalibrationResult | dict[str, CalibrationResult]
 
 def plot_reliability(results: CalibrationResult | dict[str, CalibrationResult], path: str | os.PathLike, *,
                      title: str | None = None, overwrite: bool = True) -> Path:
-    """Draw a reliability diagram (e.g. ``{"MAP": r0, "Laplace": r1}``) to a PNG, written atomically."""
+    """Draw a reliability diagram (e.g. ``{"MAP": r0, "Laplace": r1}``) to a PNG, written atomically.
+
+    Example:
+        >>> import os, tempfile, numpy as np, tfpartials as tp
+        >>> from tfpartials.bayes.calibration import reliability_figure
+        >>> labels = np.array([0, 1])
+        >>> results = {"MAP": tp.calibration(np.array([[0.9, 0.1], [0.8, 0.2]]), labels, bins=10),
+        ...            "Laplace": tp.calibration(np.array([[0.6, 0.4], [0.7, 0.3]]), labels, bins=10)}
+        >>> ax, = reliability_figure(results).axes               # a matplotlib Figure on the Agg canvas
+        >>> len(ax.patches)                                      # one bar per bin for each result
+        20
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> p = tp.plot_reliability(results, os.path.join(tmp.name, "reliability.png"))
+        >>> p.name, p.stat().st_size > 0
+        ('reliability.png', True)
+        >>> tmp.cleanup()
+    """
     from ..reports.plots import save_figure
 
     return save_figure(reliability_figure(results, title=title), path, overwrite=overwrite)

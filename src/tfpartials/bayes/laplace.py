@@ -61,6 +61,19 @@ class LaplacePrediction:
         f_mean: ``(B, C)`` the network's outputs at the MAP.
         f_covariance: ``(B, C, C)`` ``J Sigma J^T``, the epistemic covariance of the outputs.
         link: the link approximation used.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> x = np.array([[1.0], [2.0], [3.0]]); y = np.array([[1.0], [2.0], [2.0]])
+        >>> model = keras.Sequential([keras.Input((1,), dtype="float64"),
+        ...                           keras.layers.Dense(1, use_bias=False, dtype="float64")])
+        >>> model.set_weights([np.array([[11.0 / 15.0]])])   # MAP: (x^T x + 1) w = x^T y
+        >>> la = tp.Laplace(model, (x, y), likelihood="regression", structure="full", prior_precision=1.0)
+        >>> p = la.predictive(np.array([[1.0]]))
+        >>> p.link, p.f_mean.shape, p.f_covariance.shape
+        ('glm', (1, 1), (1, 1, 1))
+        >>> bool(np.isclose(p.f_mean[0, 0], 11 / 15)), bool(np.isclose(p.f_covariance[0, 0, 0], 1 / 15))  # x^2 / 15
+        (True, True)
     """
 
     mean: np.ndarray

@@ -3,6 +3,14 @@
 ``scores[j, i] = (1/N) grad l(test_j)^T (H + damping I)^{-1} grad l(train_i)``: the predicted change in the loss of
 test example ``j`` when training example ``i`` is left out and the model refit; positive = ``i`` helped.
 :func:`leave_one_out_check` retrains without chosen examples and compares.
+
+Example:
+    >>> import numpy as np, keras, tfpartials as tp
+    >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, name="w")])
+    >>> _ = model.get_layer("w").kernel.assign([[1.0]])
+    >>> x = np.ones((2, 1), "float32"); y = np.array([[0.0], [2.0]], "float32")   # g = 2 (w - y) = (2, -2), H = 2
+    >>> tp.influence(model, (x, y), (x, y), loss="mse", damping=0.0, quiet=True).scores.tolist()   # g_j g_i / (N H)
+    [[1.0, -1.0], [-1.0, 1.0]]
 """
 
 from .influence import (

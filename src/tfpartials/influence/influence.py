@@ -95,6 +95,18 @@ class InfluenceResult:
         projection_dim: size of the random projection, or None.
         info: what the solver reports (matvecs, iterations, convergence, eigenvalues kept).
         definition: the definition above, as text (written into every output).
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, name="w")])
+        >>> _ = model.get_layer("w").kernel.assign([[0.5]])
+        >>> x = np.array([[1.0], [2.0], [3.0]], "float32"); y = np.array([[1.0], [1.0], [2.0]], "float32")
+        >>> res = tp.influence(model, (x, y), (x[:1], y[:1]), loss="mse", damping=0.0, quiet=True)
+        >>> res.method, res.curvature, res.num_train, res.scores.shape
+        ('exact', 'ggn', 3, (1, 3))
+        >>> g = 2 * (0.5 * x - y) * x; H = 2 * np.mean(x * x)          # (1/N) g_test H^-1 g_i
+        >>> bool(np.allclose(res.scores, g[:1].T * g.T / H / 3, rtol=1e-5, atol=1e-7))
+        True
     """
 
     scores: np.ndarray
@@ -130,6 +142,15 @@ class SelfInfluenceResult:
     Attributes:
         scores: ``(n_train,)`` float64.
         method, curvature, damping, num_train, info, definition: as in :class:`InfluenceResult`.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, name="w")])
+        >>> _ = model.get_layer("w").kernel.assign([[1.0]])
+        >>> x = np.ones((4, 1), "float32"); y = np.array([[1.0], [1.0], [1.0], [5.0]], "float32")
+        >>> res = tp.self_influence(model, (x, y), loss="mse", damping=0.0, quiet=True)
+        >>> res.scores.tolist(), res.top(1).tolist()   # g = 2 (w x - y) x = (0, 0, 0, -8), H = 2: (1/4) 64 / 2
+        ([0.0, 0.0, 0.0, 8.0], [3])
     """
 
     scores: np.ndarray

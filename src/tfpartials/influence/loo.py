@@ -39,6 +39,17 @@ class LeaveOneOutResult:
         actual_per_test: ``(n_test, m)`` actual per-test-example changes.
         influence: the :class:`InfluenceResult` the prediction came from.
         definition: the definition of the scores (positive = the example helped).
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> def fit(x, y):                      # least squares through the origin, refit in closed form
+        ...     m = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+        ...     m.layers[0].kernel.assign([[float((x * y).sum() / (x * x).sum())]])
+        ...     return m
+        >>> x = np.array([[1.0], [2.0], [3.0], [4.0]], "float32"); y = np.array([[1.0], [2.5], [2.5], [4.5]], "float32")
+        >>> res = tp.leave_one_out_check(fit, (x, y), (x[:1], y[:1]), range(4), loss="mse", damping=0.0, quiet=True)
+        >>> res.indices.tolist(), bool(np.all(np.sign(res.predicted) == np.sign(res.actual))), round(res.spearman, 6)
+        ([0, 1, 2, 3], True, 0.8)
     """
 
     indices: np.ndarray

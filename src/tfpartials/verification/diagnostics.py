@@ -53,6 +53,18 @@ class GradientCut:
             when the variable is not used at all.
         op_name: the op's name in the traced graph (its prefix is usually the layer's name).
         message: one sentence for people.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> class Rounded(keras.layers.Layer):       # round() has no gradient
+        ...     def call(self, x):
+        ...         return keras.ops.round(4.0 * x)
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="d1"), Rounded(name="rnd"),
+        ...                           keras.layers.Dense(1, name="out")])
+        >>> x = np.ones((4, 2), "float32"); y = np.zeros((4, 1), "float32")
+        >>> report = tp.check(model, (x, y), loss="mse", what="gradients")
+        >>> report.passed, [(c.variable, c.op_type) for c in report.diagnostics.gradient_cuts]
+        (False, [('d1/kernel', 'Round'), ('d1/bias', 'Round')])
     """
 
     variable: str
@@ -63,7 +75,20 @@ class GradientCut:
 
 @dataclass(frozen=True)
 class NonFinite:
-    """The first op that produced a NaN or an Inf while computing ``quantity``."""
+    """The first op that produced a NaN or an Inf while computing ``quantity``.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> class Root(keras.layers.Layer):          # d sqrt(z)/dz = 1 / (2 sqrt(z)) is infinite at z = 0
+        ...     def call(self, x):
+        ...         return keras.ops.sqrt(x)
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros"),
+        ...                           Root()])
+        >>> x = np.ones((4, 2), "float32"); y = np.ones((4, 1), "float32")
+        >>> found = tp.check(model, (x, y), loss="mse", what="gradients").diagnostics.non_finite
+        >>> [(f.quantity, f.op_type) for f in found]
+        [('loss gradient', 'SqrtGrad')]
+    """
 
     quantity: str
     op_type: str | None
@@ -73,7 +98,17 @@ class NonFinite:
 
 @dataclass(frozen=True)
 class TrainingDependence:
-    """A layer whose output differs between ``training=True`` and ``training=False``."""
+    """A layer whose output differs between ``training=True`` and ``training=False``.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dropout(0.5, name="drop"),
+        ...                           keras.layers.Dense(1)])
+        >>> x = np.ones((4, 2), "float32"); y = np.zeros((4, 1), "float32")
+        >>> found = tp.check(model, (x, y), loss="mse", what="gradients").diagnostics.training_dependent
+        >>> [(f.layer, f.class_name, f.reason) for f in found]
+        [('drop', 'Dropout', 'drops units at random in training mode')]
+    """
 
     layer: str
     class_name: str
@@ -83,7 +118,16 @@ class TrainingDependence:
 
 @dataclass(frozen=True)
 class Diagnostics:
-    """Everything found that breaks or qualifies derivatives (empty tuples when nothing was found)."""
+    """Everything found that breaks or qualifies derivatives (empty tuples when nothing was found).
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> x = np.ones((4, 2), "float32"); y = np.zeros((4, 1), "float32")
+        >>> d = tp.check(model, (x, y), loss="mse", what="gradients").diagnostics
+        >>> d.empty, d.gradient_cuts, d.non_finite, d.training_dependent
+        (True, (), (), ())
+    """
 
     gradient_cuts: tuple[GradientCut, ...] = ()
     non_finite: tuple[NonFinite, ...] = ()

@@ -33,7 +33,13 @@ ALL_COORDINATES = "all coordinates"
 
 
 def default_tolerances(dtype) -> tuple[float, float]:
-    """``(rtol, atol)`` for autodiff in ``dtype`` against float64 finite differences (module docstring)."""
+    """``(rtol, atol)`` for autodiff in ``dtype`` against float64 finite differences (module docstring).
+
+    Example:
+        >>> import tfpartials as tp
+        >>> tp.default_tolerances("float32"), tp.default_tolerances("float64")
+        ((0.001, 1e-05), (1e-06, 1e-09))
+    """
     name = tf.as_dtype(dtype).name
     if name == "float64":
         return _TOLERANCES["float64"]
@@ -56,6 +62,16 @@ class CheckResult:
         num_evaluations: float64 function (or gradient) evaluations spent on finite differences.
         details: per-block errors, tolerances, step, dtypes and any ``None`` gradients or NaN/Inf found.
         skipped: why the check did not run (e.g. an integer input), else None.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.ones((4, 2), "float32"); y = np.zeros((4, 1), "float32")
+        >>> r = tp.check_gradients(model, (x, y), loss="mse")       # 3 parameters: every coordinate checked
+        >>> r.name, r.passed, r.directions, r.max_rel_error < 1e-3
+        ('gradients', True, 'all coordinates', True)
+        >>> r.summary().split(" (")[0]
+        'gradients: passed'
     """
 
     name: str
@@ -79,7 +95,16 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class CheckReport:
-    """All checks run by :func:`check`, and what the diagnostics found."""
+    """All checks run by :func:`check`, and what the diagnostics found.
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin")])
+        >>> x = np.ones((4, 2), "float32"); y = np.zeros((4, 1), "float32")
+        >>> report = tp.check(model, (x, y), loss="mse", what="gradients")
+        >>> report.passed, [r.name for r in report.results], report["gradients"].passed, report.diagnostics.empty
+        (True, ['gradients'], True, True)
+    """
 
     results: tuple[CheckResult, ...]
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
