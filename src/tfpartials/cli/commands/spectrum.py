@@ -71,7 +71,7 @@ def _validate(args) -> None:
 
 
 def _operator(args, model, data):
-    from ...linalg.curvature import FisherOperator, GGNOperator, HessianOperator
+    from ...linalg.curvature import ColumnLoopOperator, FisherOperator, GGNOperator, HessianOperator
     from ..common import current_strategy
 
     if args.operator in ("kfac", "ekfac"):
@@ -80,8 +80,9 @@ def _operator(args, model, data):
         cls = KFACOperator if args.operator == "kfac" else EKFACOperator
         return cls(model, data, loss=args._loss, wrt=args.wrt, precision=args.precision, quiet=args.quiet)
     cls = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}[args.operator]
-    return cls(model, data, loss=args._loss, wrt=args.wrt, batch_size=args.batch_size, precision=args.precision,
-               strategy=current_strategy())
+    # one column per product, as in the report: one compiled function whatever width an estimator multiplies
+    return ColumnLoopOperator(cls(model, data, loss=args._loss, wrt=args.wrt, batch_size=args.batch_size,
+                                  precision=args.precision, strategy=current_strategy()))
 
 
 def run(args) -> int:
