@@ -34,7 +34,8 @@ def reference_ggn(model, x, loss: str) -> np.ndarray:
     with tf.GradientTape(persistent=True) as tape:
         flat = tf.reshape(clone(x, training=False), [-1])
         entries = tf.unstack(flat)
-    rows = [np.concatenate([np.ravel(g) for g in tape.gradient(e, tv, unconnected_gradients="zero")])
+    rows = [np.concatenate([np.ravel(tf.convert_to_tensor(g)) for g in tape.gradient(e, tv,
+                                                                                     unconnected_gradients="zero")])
             for e in entries]
     del tape
     N, C = len(x), flat.shape[0] // len(x)

@@ -299,3 +299,35 @@ def test_layer_whose_weights_its_owner_reads_without_calling_it_is_named():
     with pytest.raises(InputError, match=r"KFAC: layer 'tied/proj' was not called while re-evaluating") as info:
         KFACOperator(model, (x, y), loss="mse", wrt=["tied/proj/kernel"], quiet=True)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_kfac_on_a_tiny_transformer_names_the_projections(tmp_path, capsys):
+    from tfpartials.cli.main import main
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((4,), dtype="int32")
+    e = keras.layers.Embedding(7, 4, name="emb")(inp)
+    h = keras.layers.LayerNormalization(name="ln")(keras.layers.MultiHeadAttention(2, 2, name="attn")(e, e))
+    model = keras.Model(inp, keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling1D()(h)))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.save(tmp_path / "t.keras")
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 7, size=(6, 4)).astype("int32"), rng.integers(0, 2, size=6)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code = main(["kfac", str(tmp_path / "t.keras"), "--data", str(tmp_path / "d.npz"), "--precision", "float64",
+                 "--quiet", "--out", str(tmp_path / "f.npz")])
+    assert code == 0, capsys.readouterr().err
+    f = np.load(tmp_path / "f.npz")
+    assert list(f["layers"]) == ["emb", "attn/query", "attn/key", "attn/value", "attn/attention_output",
+                                 "ln/gamma", "ln/beta", "logits"]
+    assert f["attn/value/A"].shape == (5, 5) and f["attn/attention_output/B"].shape == (4, 4)
+    idx = np.concatenate([f[f"{name}/indices"] for name in f["layers"]])
+    assert sorted(idx.tolist()) == list(range(len(idx)))
+    # closed form: the embedding's input factor is the token frequency over all positions
+    counts = np.bincount(x.ravel(), minlength=7)
+    np.testing.assert_allclose(f["emb/A"], np.diag(counts / x.size), rtol=1e-12, atol=1e-15)
+    # the normalisation parameters' diagonals are exact at any number of examples
+    G = reference_ggn(model, x, "ce")
+    for name in ("ln/gamma", "ln/beta"):
+        np.testing.assert_allclose(f[f"{name}/diag"], np.diag(G)[f[f"{name}/indices"]], rtol=1e-8, atol=1e-14)

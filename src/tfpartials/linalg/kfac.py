@@ -11,14 +11,25 @@ convolution patches; Grosse & Martens 2016, Eschenhagen et al. 2023) use "expand
 ``a_nr a_nr^T`` over positions, ``B`` sums over them) or "reduce" (``A`` from the position-mean of ``a_nr``,
 ``B`` from the position-sum of ``g_nr``). These are the conventions of curvlinops' ``KFACLinearOperator``.
 
-Depthwise convolutions (``DepthwiseConv2D``) get one Kronecker block per input channel ``c``: channel ``c``'s
-weights ``kernel[:, :, c, :]`` (with ``bias[c*m:(c+1)*m]``, ``m`` the depth multiplier) are an ordinary small
+Depthwise convolutions (``DepthwiseConv1D``/``2D``) get one Kronecker block per input channel ``c``: channel
+``c``'s weights ``kernel[..., c, :]`` (with ``bias[c*m:(c+1)*m]``, ``m`` the depth multiplier) are an ordinary small
 convolution from the ``kh*kw`` patch of channel ``c`` alone to its ``m`` outputs, so ``A_c`` (``(kh*kw+1)^2``)
 and ``B_c`` (``m^2``) are the factors of that convolution, with expand/reduce as above. A single Kronecker
 product for the whole layer does not exist (the channels do not share one input), and the exact diagonal block
 would drop every correlation inside a channel; per-channel blocks keep those at ``C((kh*kw+1)^2 + m^2)``
 numbers and are exact (the GGN block of the channel) for one example and one output position. The blocks of
 channel ``c`` are labelled ``"<layer>[c]"``.
+
+Layers called inside another layer's ``call`` get their blocks too: the query, key, value and output
+``EinsumDense`` projections of a ``MultiHeadAttention`` (labelled ``"<mha>/query"``, ``"<mha>/key"``,
+``"<mha>/value"``, ``"<mha>/attention_output"``) and the layer wrapped by ``TimeDistributed``. Their calls are
+intercepted only while tfpartials traces its own pass; the model is left as it was. Every token of a
+projection is a weight-sharing position, so "expand" and "reduce" apply over tokens, and the block is the exact
+GGN block only for one example at one token (a query projection reading one query token, an output projection
+writing one token, a value projection of one value token). A layer called several times (a shared layer, the
+steps of ``TimeDistributed``) is one weight-sharing layer whose positions are the rows of all its calls:
+``A`` averages over all of them and ``B`` sums over them (expand), or both use the positions of all calls
+(reduce).
 
 Block layout: the block of a layer acts on the row-major flattening of its ``(d_in + 1, d_out)``
 kernel-with-bias (bias row last), so it is ``kron(A, B)`` on ``[kernel.ravel(), bias]``; that is exactly the
@@ -319,9 +330,11 @@ class KFACOperator(LinearOperator):
     square root of each example's output Hessian (one backward pass per output; exact GGN blocks for a single
     example), ``"mc"`` targets sampled from the model (``mc_samples`` per example, ``seed``; the Gaussian,
     Bernoulli and categorical likelihoods of mse and the cross-entropies) and ``"empirical"`` the observed
-    targets. Supported layers: Dense, EinsumDense, Conv1D/2D, DepthwiseConv2D (one block per channel, see the
-    module docstring) and Embedding. Variables of normalisation layers get the exact diagonal of the same curvature; any other layer's
-    variable is an error naming it (leave it out with ``wrt=``). Regularisation: the model's regularisation
+    targets. Supported layers: Dense, EinsumDense, Conv1D/2D, DepthwiseConv1D/2D (one block per channel, see the
+    module docstring) and Embedding, also when another layer calls them: the query/key/value/output projections
+    of ``MultiHeadAttention``, a layer under ``TimeDistributed``; a layer called several times shares its
+    weights over all its calls. Variables of normalisation layers get the exact diagonal of the same curvature;
+    any other layer's variable is an error naming it (leave it out with ``wrt=``). Regularisation: the model's regularisation
     losses are NOT included (an L2 penalty ``l * ||w||^2`` adds ``2 l I``: pass it as ``damping``).
     Negative eigenvalues of an output Hessian (non-convex losses) are clipped at zero, so K is always PSD.
 

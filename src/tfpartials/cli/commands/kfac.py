@@ -5,9 +5,12 @@ from __future__ import annotations
 HELP = "Kronecker factors (KFAC) of the Gauss-Newton/Fisher matrix, per layer"
 DESCRIPTION = (
     "Kronecker-factored approximate curvature of the mean loss: for every Dense, EinsumDense, Conv1D/2D, "
-    "Embedding layer (and each input channel of a DepthwiseConv2D, labelled L[c]) the input factor A and the output-gradient factor B (block = kron(A, B) on the row-major "
+    "Embedding layer (and each input channel of a DepthwiseConv1D/2D, labelled L[c]; the projections of a "
+    "MultiHeadAttention M, labelled M/query, M/key, M/value, M/attention_output) the input factor A and the "
+    "output-gradient factor B (block = kron(A, B) on the row-major "
     "kernel-with-bias), and the exact diagonal for normalisation layers. The .npz holds, per layer L, `L/A`, "
-    "`L/B` (or `L/diag`) and `L/indices` (flat parameter positions), plus `layers` and `num_examples`.")
+    "`L/B` and `L/indices` (flat parameter positions), per normalisation parameter P (e.g. `ln/gamma`) `P/diag` "
+    "and `P/indices`, plus `layers` (the block labels L or P, in order) and `num_examples`.")
 
 
 def add_arguments(p) -> None:
@@ -45,17 +48,19 @@ def run(args) -> int:
     op = KFACOperator(model, data, loss=args._loss, wrt=args.wrt, fisher=args.fisher, mc_samples=args.mc_samples,
                       seed=args.seed, kfac_approx=args.kfac_approx, precision=args.precision, quiet=args.quiet,
                       max_memory=args.max_memory)
-    arrays: dict = {"layers": np.array([b.layer for b in op.blocks]), "num_examples": np.array(op.num_examples)}
+    # a diagonal block holds one parameter of a normalisation layer (gamma and beta are two): keyed by its name
+    labels = [b.layer if b.kind == "kronecker" else b.names[0] for b in op.blocks]
+    arrays: dict = {"layers": np.array(labels), "num_examples": np.array(op.num_examples)}
     rows = []
-    for b in op.blocks:
-        arrays[f"{b.layer}/indices"] = b.indices
+    for b, label in zip(op.blocks, labels):
+        arrays[f"{label}/indices"] = b.indices
         if b.kind == "kronecker":
             arrays[f"{b.layer}/A"], arrays[f"{b.layer}/B"] = b.A, b.B
             rows.append([b.layer, ", ".join(b.names), f"{b.A.shape[0]}x{b.A.shape[0]}",
                          f"{b.B.shape[0]}x{b.B.shape[0]}", float(np.trace(b.A) * np.trace(b.B))])
         else:
-            arrays[f"{b.layer}/diag"] = b.diag
-            rows.append([b.layer, ", ".join(b.names), "diagonal", "", float(b.diag.sum())])
+            arrays[f"{label}/diag"] = b.diag
+            rows.append([label, ", ".join(b.names), "diagonal", "", float(b.diag.sum())])
     if not args.quiet:
         print_table(args, f"KFAC factors ({args.fisher}, {args.kfac_approx}; {op.n} parameters, "
                     f"{op.num_examples} examples, loss {args._loss.name})",
