@@ -7,7 +7,9 @@ HELP = "curvature without the matrix: top eigenvalues, trace, diagonal and spect
 DESCRIPTION = (
     "Top eigenvalues (Lanczos), trace (Hutch++ or Hutchinson), diagonal (Hutchinson) and eigenvalue density "
     "(stochastic Lanczos quadrature) of the loss Hessian, the generalised Gauss-Newton matrix or the Fisher, "
-    "from matrix-vector products only. With no quantity flag the top eigenvalues are computed.")
+    "from matrix-vector products only. With no quantity flag the top eigenvalues are computed. An operator with "
+    "no more parameters than --num-matvecs (and no --max-matvecs below that) is summarised exactly from its "
+    "dense matrix instead ('exact': true in the output), by the same rule as the report's curvature section.")
 
 
 def add_arguments(p) -> None:
@@ -34,7 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("--diagonal", action="store_true", help="estimate the diagonal (per parameter) with errors")
     p.add_argument("--density", action="store_true", help="eigenvalue density by stochastic Lanczos quadrature")
     p.add_argument("--num-matvecs", type=int, default=99, metavar="M",
-                   help="matrix-vector products for --trace and --diagonal each (default 99)")
+                   help="matrix-vector products for --trace and --diagonal each (default 99); operators with at "
+                        "most this many parameters are summarised exactly from the dense matrix")
     p.add_argument("--num-probes", type=int, default=4, help="random probes for --density (default 4)")
     p.add_argument("--num-lanczos", type=int, default=64, help="Lanczos steps per probe for --density (default 64)")
     p.add_argument("--per-layer", action="store_true", help="also the top eigenvalue of each layer's block")
