@@ -113,6 +113,14 @@ def sandboxed(command: str, model: str | os.PathLike, data: Any = None, *, memor
 
     Example:
         >>> g = sandboxed("gradients", "model.keras", data=(x, y), loss="mse", wrt=["dense/*"])  # doctest: +SKIP
+
+        The result comes back as data, so writing it is not an option (refused before a child starts):
+
+        >>> import tfpartials as tp
+        >>> tp.sandboxed("gradients", "model.keras", out="g.npz")
+        Traceback (most recent call last):
+            ...
+        TypeError: sandboxed: out cannot be passed as options (memory= and timeout= are arguments; the result is returned, not written)
     """
     import numpy as np
 

@@ -209,7 +209,19 @@ def lookup(results: Mapping[str, Any], key: str) -> Any:
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read ``results.json`` (a report directory or the file itself)."""
+    """Read ``results.json`` (a report directory or the file itself).
+
+    Example:
+        >>> import os, tempfile, tfpartials as tp
+        >>> from tfpartials.io.writers import save_json
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> _ = save_json(os.path.join(tmp.name, "results.json"), {"summary": {"gradient_norm": 3.0}})
+        >>> tp.load_results(tmp.name)["summary"]                  # the directory ...
+        {'gradient_norm': 3.0}
+        >>> tp.load_results(os.path.join(tmp.name, "results.json")) == tp.load_results(tmp.name)   # ... or the file
+        True
+        >>> tmp.cleanup()
+    """
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"

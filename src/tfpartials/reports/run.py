@@ -486,8 +486,22 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
         The results dict (as written to ``results.json``).
 
     Example:
-        >>> results = build_report(model, (x, y), "mse", "report", skip=["check"])   # doctest: +SKIP
-        >>> results["summary"]["top_eigenvalue"]                                      # doctest: +SKIP
+        Only the gradient section of a linear model, whose mean gradient ``-(2/N) [X 1]^T y`` is known:
+
+        >>> import os, tempfile, numpy as np, keras, tfpartials as tp
+        >>> from tfpartials.reports.records import SECTIONS
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+        >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], "float32"); y = np.ones((2, 1), "float32")
+        >>> tmp = tempfile.TemporaryDirectory(); out = os.path.join(tmp.name, "report")
+        >>> results = tp.build_report(model, (x, y), "mse", out, skip=[s for s in SECTIONS if s != "gradients"],
+        ...                           quiet=True)
+        >>> results["summary"]["loss"], results["summary"]["gradient_norm"]     # |-(1, 2, 2)| = 3
+        (1.0, 3.0)
+        >>> sorted(os.listdir(out))
+        ['gradients.png', 'index.html', 'results.json']
+        >>> tp.load_results(out)["sections"]["gradients"]["status"]
+        'ok'
+        >>> tmp.cleanup()
     """
     from ..io.writers import atomic_directory, check_output_path
 
