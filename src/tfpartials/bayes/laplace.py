@@ -366,7 +366,9 @@ class Laplace:
         prior by a log-spaced grid over ``bounds`` refined with bounded Brent, a per-layer prior by L-BFGS-B
         in log space from the best scalar; with ``optimize_sigma`` (regression) ``sigma_noise`` jointly.
         ``"gridsearch"`` picks the scalar in ``grid`` (default 21 values over ``bounds``) with the lowest
-        negative log-likelihood of the predictive on ``val_data`` (``(x, y)``).
+        negative log-likelihood of the predictive on ``val_data`` (``(x, y)``), with the same ``link`` as
+        :meth:`predictive` (default probit for classification, so the prior is chosen for the predictive it is
+        then used with).
 
         Returns:
             the chosen prior precision (float, or an array per layer).
@@ -437,6 +439,8 @@ class Laplace:
         grid = np.logspace(math.log10(lo), math.log10(hi), 21) if grid is None else np.asarray(grid, np.float64)
         if grid.ndim != 1 or grid.size == 0 or np.any(~np.isfinite(grid)) or np.any(grid <= 0):
             raise InputError("grid: expected a non-empty 1-D array of positive prior precisions")
+        link = self._link(link)   # the same default as predictive(): probit (classification), glm (regression)
+        n_samples = check_positive_int("n_samples", n_samples)
         vd = load_data(val_data, model=self.objective.model, loss_name=self.objective.loss.name)
         x, y = vd.arrays()
         blocks = list(_glm.outputs_and_jacobians(self.objective, x, self.num_outputs, batch_size=vd.batch_size))
@@ -489,6 +493,14 @@ class Laplace:
             probs = (_sigmoid(draws) if binary else _softmax(draws)).mean(axis=0)
         return LaplacePrediction(probs, fvar, f, fcov, link)
 
+    def _link(self, link) -> str:
+        """The link approximation: ``None`` -> ``"probit"`` (classification) or ``"glm"`` (regression)."""
+        default = "glm" if self.likelihood == "regression" else "probit"
+        link = default if link is None else check_choice("link", link, ("glm", "probit", "mc"))
+        if self.likelihood == "regression" and link != "glm":
+            raise InputError(f"link={link!r}: regression uses the Gaussian GLM predictive, link='glm'")
+        return link
+
     def predictive(self, x, link: Link | None = None, n_samples: int = 100, *, seed: int | None = None,
                    batch_size: int | None = None) -> LaplacePrediction:
         """The linearised (GLM) predictive at inputs ``x``.
@@ -499,10 +511,7 @@ class Laplace:
         or by averaging the softmax over ``n_samples`` draws (``link="mc"``, seeded). Cost: ``C`` reverse passes
         per example for the Jacobians.
         """
-        default = "glm" if self.likelihood == "regression" else "probit"
-        link = default if link is None else check_choice("link", link, ("glm", "probit", "mc"))
-        if self.likelihood == "regression" and link != "glm":
-            raise InputError(f"link={link!r}: regression uses the Gaussian GLM predictive, link='glm'")
+        link = self._link(link)
         n_samples = check_positive_int("n_samples", n_samples)
         rng = np.random.default_rng(self.seed if seed is None else check_seed(seed))
         bs = batch_size or self.data.batch_size
