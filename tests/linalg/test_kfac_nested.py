@@ -331,3 +331,24 @@ def test_cli_kfac_on_a_tiny_transformer_names_the_projections(tmp_path, capsys):
     G = reference_ggn(model, x, "ce")
     for name in ("ln/gamma", "ln/beta"):
         np.testing.assert_allclose(f[f"{name}/diag"], np.diag(G)[f[f"{name}/indices"]], rtol=1e-8, atol=1e-14)
+
+
+def test_weights_also_used_outside_their_layers_call_are_refused():
+    """Tied weights: the owner calls the projection AND multiplies by its kernel again; the gradient of that
+    kernel is then not sum_r a_r g_r^T over its calls, and KFAC says so instead of dropping the second use."""
+    class TiedTwice(keras.layers.Layer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.proj = keras.layers.Dense(2, use_bias=False, name="proj")
+
+        def build(self, shape):
+            self.proj.build(shape)
+
+        def call(self, x):
+            return keras.ops.matmul(keras.ops.tanh(self.proj(x)), self.proj.kernel)
+
+    inp = keras.Input((2,))
+    model = keras.Model(inp, TiedTwice(name="tied")(inp))
+    x, y = np.ones((3, 2), "float32"), np.ones((3, 2), "float32")
+    with pytest.raises(InputError, match=r"KFAC: the gradient of layer 'tied/proj'.s weights is not carried by"):
+        KFACOperator(model, (x, y), loss="mse", quiet=True)

@@ -448,29 +448,56 @@ class KFACOperator(LinearOperator):
         return np.concatenate(rows, axis=0).reshape(-1)
 
     def _check_reevaluation(self) -> None:
-        """The layer-by-layer re-evaluation must reproduce ``stateless_call`` (first batch); records the width of
-        each flattened output in ``self._sizes``."""
+        """The layer-by-layer re-evaluation must reproduce ``stateless_call`` (first batch), and the gradient of
+        one fixed output projection with respect to each tapped layer's weights must be ``sum_r a_r g_r^T`` over
+        the layer's recorded calls (so no use of the weights escapes the taps, e.g. a kernel its owner also reads
+        directly); records the width of each flattened output in ``self._sizes``."""
         obj = self.objective
         tapped = self._tapped
 
         def build():
             def fn(params, x):
-                with tf.GradientTape() as tape:
-                    flat, _, _, _ = _record(obj, params, x, tapped, tape)
+                params = list(params)
+                with tf.GradientTape(persistent=True) as tape:
+                    tape.watch(params)
+                    flat, _, _, taps = _record(obj, params, x, tapped, tape)
+                    u = tf.sin(1.3 * tf.cast(tf.range(tf.size(flat)), obj.dtype) + 0.7)
+                    proj = tf.reduce_sum(tf.reshape(flat, [-1]) * u)
                 ref = [tf.cast(o, obj.dtype) for o in tf.nest.flatten(obj.forward(params, x))]
                 sizes = tf.stack([tf.reduce_prod(tf.shape(o)[1:]) for o in ref])
                 ref = tf.concat([tf.reshape(o, (tf.shape(o)[0], -1)) for o in ref], axis=1)
-                return tf.reduce_max(tf.abs(flat - ref)), tf.reduce_max(tf.abs(ref)), sizes
+                grads = tape.gradient(proj, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                full = tf.concat([tf.reshape(tf.convert_to_tensor(g), [-1]) for g in grads], axis=0)
+                uses = [taps[s.name] for s in tapped]
+                gz = tape.gradient(proj, [z for use in uses for _, z, _ in use])
+                _check_connected(obj, tapped, uses, gz)
+                recon, start = [], 0
+                for s, use in zip(tapped, uses):
+                    rows = _positions([to_rows(g) for (_, _, to_rows), g in zip(use, gz[start:])])
+                    start += len(use)
+                    recon.append(tf.einsum("brgi,brgj->gij", _features(s, use, "expand"), rows))
+                return tf.reduce_max(tf.abs(flat - ref)), tf.reduce_max(tf.abs(ref)), sizes, full, recon
             return fn
 
         fn = obj.function(f"kfac/check/{_key(tapped)}", build)
         batch = next(iter(self.data.batches()))
-        diff, scale, sizes = fn(obj.space.values(), as_tensors(batch.x, obj.dtype))
+        diff, scale, sizes, full, recon = fn(obj.space.values(), as_tensors(batch.x, obj.dtype))
         diff, scale, self._sizes = float(diff), float(scale), [int(c) for c in np.asarray(sizes)]
         tol = (1e-10 if obj.dtype == tf.float64 else 1e-4) * max(1.0, scale)
         if not diff <= tol:
             raise InputError(f"KFAC: re-evaluating model {obj.model.name!r} layer by layer differs from the model "
                              f"by {diff:.3g}; a layer is not what it claims to be (exclude it with wrt=...)")
+        full = np.asarray(full, np.float64)
+        rel = 1e-8 if obj.dtype == tf.float64 else 1e-3
+        for s, M in zip(tapped, recon):
+            M = np.asarray(M, np.float64)
+            for g in range(s.groups):
+                true = full[self._block_indices(s, g)]
+                err = float(np.max(np.abs(M[g].reshape(-1) - true), initial=0.0))
+                if not err <= rel * max(float(np.max(np.abs(true), initial=0.0)), 1e-30) + 1e-30:
+                    raise InputError(f"KFAC: the gradient of layer {s.name!r}'s weights is not carried by its "
+                                     f"calls alone (off by {err:.3g}; are its weights also used outside its "
+                                     "call?); exclude it with wrt=...")
 
     def _pass(self, ekfac: bool, bases=()):
         obj = self.objective
