@@ -4,8 +4,10 @@ their inputs and pre-activation outputs without touching the user's model.
 The model is re-evaluated node by node through its own Keras graph (``Functional._run_through_graph``): a
 supported layer is replaced, for this evaluation only, by the same linear map written out here on the
 parameter tensors (so the pre-activation ``z`` exists as a tensor the tape watches, and the layer's input is
-at hand); every other layer runs through its own ``stateless_call``. Nothing is patched or assigned, and the
-re-evaluation is checked against ``model.stateless_call`` on the first batch before it is trusted.
+at hand); every other layer runs through its own ``stateless_call``. No variable is assigned, and the only
+patch is the scoped, thread-local interception of nested layers described below. The re-evaluation is checked
+against ``model.stateless_call`` on the first batch before it is trusted (and, by ``KFACOperator``, each tapped
+layer's weight gradient against ``sum_r a_r g_r^T`` over its recorded calls).
 
 A tapped layer yields ``a`` of shape ``(B, R, G, d_in)`` (its input features at ``R`` weight-sharing positions:
 sequence steps, convolution patches, for each of ``G`` independent groups) and ``z`` whose gradient reshapes to
