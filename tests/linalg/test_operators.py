@@ -46,8 +46,6 @@ BUILDERS = {
     "kfac": lambda: _curvature(KFACOperator, quiet=True),
     "ekfac": lambda: _curvature(EKFACOperator, quiet=True),
     "kfac_attention": lambda: KFACOperator(*_attention(), loss="mse", batch_size=4, precision="float64", quiet=True),
-    "ekfac_attention": lambda: EKFACOperator(*_attention(), loss="mse", batch_size=4, precision="float64",
-                                             quiet=True),
     "kfac_inverse": lambda: _get("kfac").inverse(0.1),
     "restricted_hessian": lambda: RestrictedOperator(_get("hessian"), np.array([0, 3, 7, 8, 25])),
     "restricted_nonsymmetric": lambda: RestrictedOperator(DenseOperator(_NONSYM), np.array([5, 1, 2])),
