@@ -299,6 +299,7 @@ def test_layer_whose_weights_its_owner_reads_without_calling_it_is_named():
     with pytest.raises(InputError, match=r"KFAC: layer 'tied/proj' was not called while re-evaluating") as info:
         KFACOperator(model, (x, y), loss="mse", wrt=["tied/proj/kernel"], quiet=True)
     assert "\n" not in str(info.value)
+    assert "call" not in vars(model.get_layer("tied").proj)          # the interception is gone after the error
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -352,3 +353,4 @@ def test_weights_also_used_outside_their_layers_call_are_refused():
     x, y = np.ones((3, 2), "float32"), np.ones((3, 2), "float32")
     with pytest.raises(InputError, match=r"KFAC: the gradient of layer 'tied/proj'.s weights is not carried by"):
         KFACOperator(model, (x, y), loss="mse", quiet=True)
+    assert "call" not in vars(model.get_layer("tied").proj)
