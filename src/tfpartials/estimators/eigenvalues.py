@@ -22,7 +22,7 @@ import numpy as np
 from .._checks import InputError, check_choice, check_positive_float, check_positive_int, check_seed
 from .._memory import default_budget, require_fits
 from .._progress import progress
-from ._probes import apply, as_operator, operator_eps, require_symmetric, split_by_space
+from ._probes import apply, as_operator, host_dtype, operator_eps, require_symmetric, split_by_space
 from .lanczos import breakdown_threshold, orthogonalize
 
 __all__ = ["EigenResult", "top_eigenvalues", "power_iteration"]
@@ -138,11 +138,12 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
     if not k < m <= n:
         raise InputError(f"num_basis: expected k < num_basis <= n ({k} < m <= {n}), got {m}")
     max_matvecs = max(500, 25 * m) if max_matvecs is None else check_positive_int("max_matvecs", max_matvecs)
-    require_fits(8 * n * (m + 3), default_budget(), f"a Lanczos basis of {m} vectors",
+    dt = host_dtype(op)
+    require_fits(np.dtype(dt).itemsize * n * (m + 3), default_budget(), f"a Lanczos basis of {m} vectors",
                  f"use a smaller num_basis (at least k + 1 = {k + 1})")
 
     rng = np.random.default_rng(seed)
-    V = np.empty((n, m + 1))
+    V = np.empty((n, m + 1), dtype=dt, order="F")  # column-major: the first j columns are contiguous
     v = rng.standard_normal(n)
     V[:, 0] = v / np.linalg.norm(v)
     T = np.zeros((m, m))
@@ -151,7 +152,7 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
     fresh: int | None = None  # matvecs since the last restart forced by an invariant subspace
     with progress(f"Lanczos (top {k})", max_matvecs, quiet=quiet, unit="matvecs") as bar:
         while True:
-            w = apply(op, V[:, j], bar)
+            w = apply(op, V[:, j], bar, dtype=dt)
             used += 1
             fresh = None if fresh is None else fresh + 1
             anorm = max(anorm, float(np.linalg.norm(w)))
@@ -180,7 +181,7 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
                 break
             if broke:  # invariant subspace: continue in its orthogonal complement with a fresh direction
                 fresh = 0 if fresh is None else fresh
-                r, _ = orthogonalize(V[:, :size], rng.standard_normal(n))
+                r, _ = orthogonalize(V[:, :size], rng.standard_normal(n).astype(dt))
                 r, _ = orthogonalize(V[:, :size], r / np.linalg.norm(r))
                 V[:, size] = r / np.linalg.norm(r)
             else:
@@ -191,7 +192,7 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
             # thick restart: keep the l best Ritz vectors, then the residual direction
             l_keep = min(m - 1, k + max(1, (m - k) // 2))
             keep = order[:l_keep]
-            Y = V[:, :m] @ S[:, keep]
+            Y = V[:, :m] @ S[:, keep].astype(dt)  # in the basis' dtype: no float64 copy of the basis
             resid = V[:, m].copy()
             V[:, :l_keep] = Y
             V[:, l_keep] = resid
@@ -201,7 +202,7 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
             j = l_keep
 
     want = order[: min(k, size)]
-    vecs = V[:, :size] @ S[:, want]
+    vecs = V[:, :size] @ S[:, want].astype(dt)
     vecs /= np.linalg.norm(vecs, axis=0, keepdims=True)
     if not converged:
         warnings.warn(f"top_eigenvalues: not converged after {used} matvecs (relative residuals "

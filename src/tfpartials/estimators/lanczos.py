@@ -22,7 +22,7 @@ import numpy as np
 from .._checks import InputError, check_positive_int, check_seed
 from .._memory import default_budget, require_fits
 from .._progress import progress
-from ._probes import apply, as_operator, operator_eps, require_symmetric
+from ._probes import apply, as_operator, host_dtype, operator_eps, require_symmetric
 
 __all__ = ["LanczosDecomposition", "lanczos", "orthogonalize", "tridiagonal", "gauss_quadrature",
            "breakdown_threshold"]
@@ -143,19 +143,20 @@ def lanczos(op, num_steps: int, *, v0=None, seed: int = 0, keep_basis: bool = Tr
     nv = float(np.linalg.norm(v))
     if not np.isfinite(nv) or nv == 0:
         raise InputError("v0: expected a finite, non-zero start vector")
-    require_fits(8 * n * (num_steps + 2), default_budget(), f"a Lanczos basis of {num_steps} vectors",
+    require_fits(np.dtype(host_dtype(op)).itemsize * n * (num_steps + 2), default_budget(), f"a Lanczos basis of {num_steps} vectors",
                  "use fewer Lanczos steps")
-    Q = np.empty((n, num_steps + 1))
+    dt = host_dtype(op)
+    Q = np.empty((n, num_steps + 1), dtype=dt, order="F")  # column-major: the first j columns are contiguous
     Q[:, 0] = v / nv
     alpha, beta = np.zeros(num_steps), np.zeros(num_steps)
     anorm, used, m = 0.0, 0, num_steps
     with progress("Lanczos", num_steps, quiet=quiet or bar is not None, unit="matvecs") as own_bar:
         for j in range(num_steps):
-            w = apply(op, Q[:, j], bar or own_bar)
+            w = apply(op, Q[:, j], bar or own_bar, dtype=dt)
             used += 1
             anorm = max(anorm, float(np.linalg.norm(w)))
             w, h = orthogonalize(Q[:, : j + 1], w)
-            alpha[j] = h[j]
+            alpha[j] = float(h[j])
             b = float(np.linalg.norm(w))
             if b <= breakdown_threshold(op, anorm) or j + 1 == n:
                 m = j + 1  # invariant Krylov space (or the whole space): T's Ritz values are exact

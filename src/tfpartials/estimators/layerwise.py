@@ -24,7 +24,7 @@ import numpy as np
 
 from .._checks import InputError, check_positive_float, check_positive_int, check_seed
 from .._progress import progress
-from ._probes import Distribution, apply, as_operator, draw_probes, split_by_space
+from ._probes import Distribution, apply, as_operator, draw_probes, host_dtype, split_by_space
 
 __all__ = ["BlockTrace", "LayerwiseTrace", "layerwise_trace"]
 
@@ -211,6 +211,10 @@ def layerwise_trace(op, blocks=None, *, rel_tol: float = 0.05, max_matvecs: int 
         overlap = overlap or bool(np.any(owner[idx] >= 0))
         owner[idx] = j
     nb = len(parts)
+    owned = owner >= 0
+    every = bool(owned.all())
+    own = owner if every else owner[owned]
+    dt = host_dtype(op)
     tot1 = tot2 = 0.0
     blk1, blk2 = np.zeros(nb), np.zeros(nb)
     dia1, dia2 = np.zeros(n), np.zeros(n)
@@ -219,21 +223,22 @@ def layerwise_trace(op, blocks=None, *, rel_tol: float = 0.05, max_matvecs: int 
     with progress("shared-probe trace", max_matvecs, quiet=quiet, unit="matvecs") as bar:
         while m < max_matvecs:
             k = min(block_size, max_matvecs - m)
-            Z = draw_probes(n, k, distribution, rng)
-            ZAZ = Z * apply(op, Z, bar, block=k)  # (n, k): elementwise samples
+            Z = draw_probes(n, k, distribution, rng, dtype=dt)
+            ZAZ = Z * apply(op, Z, bar, block=k, dtype=dt)  # (n, k): elementwise samples
+            del Z
             m += k
-            s = ZAZ.sum(axis=0)
+            s = ZAZ.sum(axis=0, dtype=np.float64)
             tot1 += float(s.sum())
             tot2 += float((s ** 2).sum())
             if overlap:
                 per = np.stack([ZAZ[idx].sum(axis=0) for _, idx in parts])
             else:
-                per = np.stack([np.bincount(owner[owner >= 0], ZAZ[owner >= 0, c], minlength=nb)
+                per = np.stack([np.bincount(own, ZAZ[:, c] if every else ZAZ[owned, c], minlength=nb)
                                 for c in range(k)], axis=1)
             blk1 += per.sum(axis=1)
             blk2 += (per ** 2).sum(axis=1)
-            dia1 += ZAZ.sum(axis=1)
-            dia2 += (ZAZ ** 2).sum(axis=1)
+            dia1 += ZAZ.sum(axis=1, dtype=np.float64)
+            dia2 += np.square(ZAZ).sum(axis=1, dtype=np.float64)
             if m >= min_matvecs and m >= 2:
                 mean, se = _mean_se(tot1, tot2, m)
                 if se <= rel_tol * abs(mean):
