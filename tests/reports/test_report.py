@@ -141,13 +141,36 @@ def test_skip_by_name_and_alias(tmp_path):
     assert res["provenance"]["settings"]["skip"] == ["check", "curvature", "per_example"]
 
 
-def test_spent_time_budget_skips_the_remaining_sections():
+def test_spent_time_budget_runs_every_section_at_its_smallest_size():
+    """The budget sizes the work; it never drops a section (a deep model's report has every section)."""
     from tfpartials.reports.run import build_report
 
-    model, x, y = M.linear_regression()
-    res = build_report(model, (x, y), "mse", None, quiet=True, time_budget=1e-9)
+    model, x, y = _deep_mlp()
+    res = build_report(model, (x, y), "mse", None, quiet=True, time_budget=1e-9, skip=["influence"])
+    ran = {k: s for k, s in res["sections"].items() if s["status"] != "skipped"}
+    assert {"gradients", "per_example", "curvature", "check"} <= set(ran)
+    for key, sec in ran.items():
+        assert sec["status"] == "ok", (key, sec)
+        if key != "gradients":
+            assert any("ran at its smallest size" in n for n in sec["notes"]), key
     for sec in res["sections"].values():
-        assert sec["status"] == "skipped" and "time budget" in sec["reason"]
+        assert "time budget" not in (sec.get("reason") or "")
+    chk = res["sections"]["check"]["results"]
+    # 12 variables, checked at the smallest size: 8 of them, evenly spread, and the check still passes
+    assert chk["num_variables"] == 12 and chk["num_variables_checked"] == 8 and chk["passed"]
+    assert any(r["what"] == "checked variables" for r in res["sections"]["check"]["reduced"])
+
+
+def _deep_mlp():
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3)).astype("float32")
+    y = rng.standard_normal((16, 1)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,))] + [keras.layers.Dense(4, activation="tanh") for _ in range(5)]
+                             + [keras.layers.Dense(1)])
+    return model, x, y
 
 
 @pytest.mark.parametrize("kwargs,match", [
