@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.cli.conftest import cli, files  # noqa: F401  (fixtures)
+from tests.cli.conftest import files  # noqa: F401  (fixture; the cli runner is in tests/conftest.py)
 
 
 def test_classification_happy_path(files, cli, tmp_path):  # noqa: F811
