@@ -81,6 +81,35 @@ def test_uncertainty_section_compares_map_and_laplace_calibration(tmp_path):
     assert (tmp_path / "r" / "uncertainty.png").is_file()
 
 
+def test_uncertainty_section_chooses_the_prior_on_a_validation_third(tmp_path):
+    """With enough held-out data the prior is chosen on its first third and calibration measured on the rest."""
+    from tfpartials.bayes import Laplace
+    from tfpartials.reports.run import build_report
+
+    model, x, y = M.mlp(n=100)
+    res = build_report(model, (x[:40], y[:40]), "sparse_categorical_crossentropy", None, from_logits=True,
+                       quiet=True, eval_data=(x[40:], y[40:]),
+                       skip=["check", "curvature", "per-example", "attributions", "influence", "sensitivity"])
+    r = res["sections"]["uncertainty"]["results"]
+    assert (r["prior_method"], r["num_validation"], r["num_eval"]) == ("gridsearch", 20, 40)
+    cal = {row["metric"]: row for row in r["calibration"]}
+    logits = model(x[60:]).numpy().astype(np.float64)           # MAP metrics on the last two thirds, by numpy
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(cal["nll"]["map"], -np.mean(np.log(p[np.arange(40), y[60:]])), rtol=1e-4)
+    # the chosen prior is the grid's best on the validation third: no other grid value has a lower probit NLL
+    la = Laplace(model, (x[:40], y[:40]), likelihood="classification", subset="last_layer", structure="kfac",
+                 loss="sparse_categorical_crossentropy", from_logits=True, quiet=True)
+
+    def val_nll(prior):
+        la.prior_precision = prior
+        probs = la.predictive(x[40:60], link="probit").probs
+        return -np.mean(np.log(np.asarray(probs, np.float64)[np.arange(20), y[40:60]]))
+
+    chosen = val_nll(r["prior_precision"])
+    assert all(chosen <= val_nll(q) + 1e-6 for q in np.logspace(-2, 6, 9))
+
+
 def test_a_failing_new_section_never_stops_the_others(monkeypatch):
     from tfpartials.reports import sections
     from tfpartials.reports.run import build_report

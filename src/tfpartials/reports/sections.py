@@ -23,6 +23,7 @@ ATTRIBUTED_IMAGES = 4   # images shown with their saliency and integrated-gradie
 ATTRIBUTED_ROWS = 256   # tabular rows whose attributions are averaged per feature
 EIGEN_TOL = 1e-3        # relative Ritz residual of the top eigenvalues: three digits are what a report shows
 TRACE_REL_TOL = 0.05    # the whole-model trace takes probes until its standard error is 5% of its value
+MIN_VALIDATION_SPLIT = 48  # held-out examples from which a third chooses the Laplace prior (else the evidence)
 MIN_CHECKED_VARIABLES = 8  # the check's fewest variables (evenly spread, first and last included)
 
 
@@ -479,8 +480,13 @@ def uncertainty(plan, sec: Section, directory: Path | None, results: dict) -> No
     """MAP vs Laplace calibration on held-out data: last-layer KFAC Laplace, probit predictive.
 
     Needs ``eval_data`` (``--eval``) and a classification loss. The Laplace fit is one pass over the training
-    data for the Kronecker factors of the last layer, then its prior precision is set by the evidence; the
-    predictive costs one Jacobian of the outputs per held-out example.
+    data for the Kronecker factors of the last layer. Its prior precision is chosen on the first third of the
+    held-out examples (the lowest probit NLL over a grid, as laplace-torch's validation search) and the
+    calibration is measured on the other two thirds; with fewer than :data:`MIN_VALIDATION_SPLIT` held-out
+    examples the evidence sets it instead. The evidence alone is often under-confident for a last-layer
+    posterior on a well-trained network (the digits CNN: ECE 30% against the MAP's 4%), because most of the
+    last layer's directions keep the prior's variance. The predictive costs one Jacobian of the outputs per
+    held-out example.
     """
     from ..bayes import Laplace, calibration
 
@@ -513,7 +519,19 @@ def uncertainty(plan, sec: Section, directory: Path | None, results: dict) -> No
                          f"({short_reason(exc, 160)}); using the diagonal GGN posterior instead")
         la = Laplace(plan.model, train, likelihood="classification", subset="last_layer", structure=structure,
                      loss=plan.loss, seed=plan.seed("uncertainty"), quiet=True)
-    la.optimize_prior_precision("marglik")
+    if len(labels) >= MIN_VALIDATION_SPLIT:
+        n_val = len(labels) // 3
+        x_val = [a[:n_val] for a in x_eval] if isinstance(x_eval, list) else x_eval[:n_val]
+        y_val = np.asarray(y_eval)[:n_val]
+        x_eval = [a[n_val:] for a in x_eval] if isinstance(x_eval, list) else x_eval[n_val:]
+        labels = labels[n_val:]
+        la.optimize_prior_precision("gridsearch", val_data=(x_val, y_val), link="probit")
+        method = "gridsearch"
+    else:
+        n_val, method = 0, "marglik"
+        sec.notes.append(f"only {len(labels)} held-out examples (fewer than {MIN_VALIDATION_SPLIT}): the prior "
+                         "precision is set by the evidence, which tends to be under-confident on a last layer")
+        la.optimize_prior_precision("marglik")
     map_cal = calibration(la.predict_map(x_eval), labels)
     la_cal = calibration(la.predictive(x_eval, link="probit").probs, labels)
     prior = la.prior_precision
@@ -522,7 +540,7 @@ def uncertainty(plan, sec: Section, directory: Path | None, results: dict) -> No
         rows.append({"metric": metric, "map": _f(getattr(map_cal, metric)), "laplace": _f(getattr(la_cal, metric))})
     sec.results = {"structure": structure, "subset": "last_layer", "link": "probit",
                    "num_parameters": int(la.n_params), "num_train": int(train.num_examples),
-                   "num_eval": int(len(labels)),
+                   "num_eval": int(len(labels)), "num_validation": int(n_val), "prior_method": method,
                    "prior_precision": _f(prior) if np.ndim(prior) == 0 else np.asarray(prior, np.float64).tolist(),
                    "log_marginal_likelihood": _f(la.log_marginal_likelihood()), "calibration": rows}
     results["summary"]["laplace_ece"] = _f(la_cal.ece)
