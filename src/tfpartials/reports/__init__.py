@@ -1,1 +1,1 @@
-"""Results, provenance, atomic writers, plots and the HTML report."""
+"""Results, provenance, plots and the HTML report (the atomic writers live in :mod:`tfpartials.io.writers`)."""
