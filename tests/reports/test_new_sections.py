@@ -81,6 +81,21 @@ def test_uncertainty_section_compares_map_and_laplace_calibration(tmp_path):
     assert (tmp_path / "r" / "uncertainty.png").is_file()
 
 
+def test_uncertainty_section_skips_a_model_that_outputs_probabilities():
+    """A softmax output (keras.applications' default) is skipped with the reason, not a failure."""
+    import keras
+
+    from tfpartials.reports.run import build_report
+
+    model, x, y = M.mlp(n=60)
+    probs = keras.Sequential([model, keras.layers.Softmax()])
+    res = build_report(probs, (x[:40], y[:40]), "sparse_categorical_crossentropy", None, quiet=True,
+                       eval_data=(x[40:], y[40:]),
+                       skip=["check", "curvature", "per-example", "attributions", "influence", "sensitivity"])
+    sec = res["sections"]["uncertainty"]
+    assert sec["status"] == "skipped" and "outputs logits" in sec["reason"]
+
+
 def test_uncertainty_section_chooses_the_prior_on_a_validation_third(tmp_path):
     """With enough held-out data the prior is chosen on its first third and calibration measured on the rest."""
     from tfpartials.bayes import Laplace

@@ -355,7 +355,7 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
 def _applies(plan: ReportPlan, key: str) -> bool:
     """False for a section that will skip itself at once (it gets no share of the time budget)."""
     if key == "uncertainty":
-        return plan.eval_data is not None
+        return plan.eval_data is not None and bool(getattr(plan.loss, "from_logits", False))
     if key in ("sensitivity", "attributions"):
         from .sections import _floating_input
 

@@ -497,6 +497,11 @@ def uncertainty(plan, sec: Section, directory: Path | None, results: dict) -> No
     if loss_name not in _CLASSIFICATION:
         sec.status, sec.reason = "skipped", (f"calibration needs a classification loss, got {loss_name!r}")
         return
+    if not getattr(plan.loss, "from_logits", False):
+        sec.status, sec.reason = "skipped", ("the Laplace predictive needs a model that outputs logits (this one "
+                                             "ends in a softmax/sigmoid; the keras.applications default): build it "
+                                             "with classifier_activation=None and pass --from-logits")
+        return
     per_example, trace = _gradient_costs(plan)
     outputs = int(np.prod([d or 1 for d in plan.model.output_shape[1:]])) if hasattr(plan.model, "output_shape") else 1
     asked_train = plan.data.num_examples
