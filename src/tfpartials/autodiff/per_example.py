@@ -226,7 +226,7 @@ def per_example_gradients(model: ModelLike, data: DataLike, loss: LossLike = Non
     start = 0
     for grads, k in stream_per_example(obj, d, chunk, engine=engine, quiet=quiet):
         for name, g in zip(obj.space.names, grads):
-            out[name][start:start + k] = g.numpy()[:k]
+            out[name][start:start + k] = np.asarray(g)[:k]  # a view: .numpy() would copy once more
         start += k
     if start != n:  # pragma: no cover - a dataset that changed length while being read
         raise InputError(f"the data yielded {start} examples, expected {n}")
