@@ -100,7 +100,9 @@ def _measure_gradient(plan, first_pass: float) -> None:
     batch = time.perf_counter() - t0
     plan.costs["gradient_batch"] = batch
     plan.costs["gradient_example"] = batch / max(1, one.num_examples)
-    plan.costs["gradient_trace"] = max(0.0, first_pass - batch * plan.data.num_batches)
+    # the input check traced this gradient already (same batch shape): its time, less one batch, is the trace
+    plan.costs["gradient_trace"] = max(0.0, first_pass - batch * plan.data.num_batches,
+                                       plan.costs.get("preflight_pass", 0.0) - batch)
 
 
 def _gradient_costs(plan) -> tuple[float, float]:
