@@ -1,0 +1,432 @@
+"""Latency on small models against PyTorch peers, in one run on twin models (same weights, data and loss).
+
+Two Keras models, each copied to a torch twin (same weights, NHWC flatten order, the layout conversion of
+``bench_kfac._torch_twin``):
+an MLP 32-96-64-10 (10,026 parameters, 512 examples) and a small CNN 12x12x3 -> 2 x Conv2D(16, 3) -> Dense(10)
+(13,018 parameters, 128 examples), softmax cross-entropy on logits, mean over the examples on both sides.
+Everything float32 except the reference; wall times are the median of several repeats after a warm-up call,
+and the first call (tracing, compilation) is reported apart.
+
+1. One HVP on the whole data set as one batch: ``tp.hvp`` (the public call: objective lookup + product) and
+   ``HessianOperator.matvec`` vs curvlinops ``HessianLinearOperator @ v``; a block of 16 HVPs (matmat) on both.
+2. Per-example gradients of 128 examples: ``tp.per_example_gradients`` vs ``torch.func.vmap(grad(loss))``.
+3. Top-3 Hessian eigenvalues at tol 1e-3: ``HessianOperator`` + ``tp.top_eigenvalues(k=3, tol=1e-3)`` vs
+   PyHessian ``hessian(...).eigenvalues(top_n=3, tol=1e-3)`` (constructor included on both sides); the error
+   of each is the max relative error of the three against the reference: the top eigenvalues of the float64
+   torch twin's Hessian (independent of tfpartials) found by ARPACK (``scipy.sparse.linalg.eigsh``, tol 1e-10) on
+   exact double-backward HVPs, i.e. those of the dense float64 Hessian to round-off (the Ritz residual, which
+   bounds the error, is recorded; building the dense 10k x 10k matrix and its ``eigvalsh`` would take minutes
+   on 2 cores). Without torch the reference is ARPACK on ``tp.hessian(precision="float64")``. PyHessian's start
+   vectors are drawn from the torch seed, set per repeat.
+
+The torch side runs in a child process of this run, started after ours is measured: TensorFlow loaded in the
+same process slows torch's CPU kernels about tenfold (curvlinops' HVP on the MLP: 0.025 s alone, 0.24 s after
+``import tensorflow``), which would flatter every ratio. Peers that are not installed are skipped with a
+message; the rows then carry no ratio.
+
+    python benchmarks/bench_peers.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_rows, row, write  # noqa: E402
+
+LOSS = "sparse_categorical_crossentropy"
+PER_EXAMPLE = 128
+BLOCK = 16
+TOL = 1e-3
+
+
+def median_time(fn, repeat: int) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` runs (call it once before to warm up)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def first_time(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def _problem(kind: str, quick: bool):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    c = 10
+    if kind == "mlp":
+        n = 256 if quick else 512
+        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(96, activation="tanh", name="h1"),
+                                  keras.layers.Dense(64, activation="tanh", name="h2"), keras.layers.Dense(c, name="out")])
+        x = rng.normal(size=(n, 32)).astype("float32")
+        w = rng.normal(size=(32, c))
+        y = np.argmax(x @ w + 0.5 * rng.normal(size=(n, c)), axis=1).astype("int32")
+    else:
+        n = 128
+        model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(16, 3, activation="tanh", name="c1"),
+                                  keras.layers.Conv2D(16, 3, activation="tanh", name="c2"), keras.layers.Flatten(),
+                                  keras.layers.Dense(c, name="out")])
+        x = rng.normal(size=(n, 12, 12, 3)).astype("float32")
+        w = rng.normal(size=(12 * 12 * 3, c))
+        y = np.argmax(x.reshape(n, -1) @ w + 0.5 * rng.normal(size=(n, c)), axis=1).astype("int32")
+    # a few epochs, so the Hessian is that of a trained network (a clear top of the spectrum)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    return model, x, y
+
+
+def _keras_to_torch_perm(model) -> np.ndarray:
+    """Flat Keras index of every flat torch coordinate (kernel (.., in, out) -> weight (out, in, ..))."""
+    parts, start = [], 0
+    for v in model.trainable_variables:
+        lab = np.arange(start, start + int(np.prod(v.shape))).reshape(v.shape)
+        start += lab.size
+        parts.append(lab.T if lab.ndim == 2 else (lab.transpose(3, 2, 0, 1) if lab.ndim == 4 else lab))
+    return np.concatenate([p.ravel() for p in parts])
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+
+def _spec(model) -> list[str]:
+    """Layer kinds of a Sequential of Dense / Conv2D (valid, stride 1, tanh or linear) / Flatten."""
+    import keras
+
+    out = []
+    for layer in model.layers:
+        act = getattr(getattr(layer, "activation", None), "__name__", "linear")
+        if isinstance(layer, keras.layers.Dense):
+            out.append(f"dense:{act}")
+        elif isinstance(layer, keras.layers.Conv2D):
+            out.append(f"conv:{act}")
+        elif isinstance(layer, keras.layers.Flatten):
+            out.append("flatten")
+        else:
+            raise ValueError(f"expected Dense, Conv2D or Flatten layers, got {type(layer).__name__}")
+    return out
+
+
+def _torch_net(spec: list[str], weights: list[np.ndarray]):
+    """The torch twin (same layout conversion as ``bench_kfac._torch_twin``, built without Keras)."""
+    import torch
+
+    class NHWC(torch.nn.Module):
+        def forward(self, t):
+            return t.permute(0, 2, 3, 1)   # flatten in Keras' (h, w, c) order
+
+    mods, it = [], iter(weights)
+    for s in spec:
+        kind, _, act = s.partition(":")
+        if kind == "flatten":
+            mods += [NHWC(), torch.nn.Flatten()]
+            continue
+        kernel, bias = next(it), next(it)
+        if kind == "dense":
+            mod = torch.nn.Linear(*kernel.shape)
+            w = kernel.T
+        else:
+            kh, kw, ci, co = kernel.shape
+            mod = torch.nn.Conv2d(ci, co, (kh, kw))
+            w = kernel.transpose(3, 2, 0, 1)
+        with torch.no_grad():
+            mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+            mod.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias)))
+        mods.append(mod)
+        if act == "tanh":
+            mods.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*mods).eval()
+
+
+def _reference_top3(net, xt, yt) -> tuple[np.ndarray, float, float]:
+    """Top-3 Hessian eigenvalues of the float64 torch twin: ARPACK (tol 1e-10) on its exact double-backward HVP.
+
+    Independent of tfpartials. The Ritz residual bounds each eigenvalue's error (symmetric matrix), and it is
+    returned: the values equal those of the dense float64 Hessian to round-off, without building it (a dense
+    10k x 10k Hessian and its eigvalsh take minutes on 2 cores).
+    """
+    import copy
+
+    import scipy.sparse.linalg as sla
+    import torch
+
+    t0 = time.perf_counter()
+    net64 = copy.deepcopy(net).double()
+    params = list(net64.parameters())
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+    n = sum(sizes)
+    loss = torch.nn.functional.cross_entropy(net64(xt.double()), yt)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+
+    def hvp(v):
+        vs = [t.reshape(s) for t, s in zip(torch.split(torch.from_numpy(np.ascontiguousarray(v).ravel()), sizes),
+                                           shapes)]
+        hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
+        return torch.cat([h.reshape(-1) for h in hv]).numpy()
+
+    H = sla.LinearOperator((n, n), matvec=hvp, dtype=np.float64)
+    lam, vec = sla.eigsh(H, k=3, which="LA", tol=1e-10)
+    order = np.argsort(lam)[::-1]
+    lam, vec = lam[order], vec[:, order]
+    resid = max(float(np.linalg.norm(hvp(vec[:, j]) - lam[j] * vec[:, j]) / abs(lam[j])) for j in range(3))
+    return lam, resid, time.perf_counter() - t0
+
+
+def _peer_child(inp: str, out: str) -> None:
+    """The torch side, in its own process: TensorFlow in the same process slows torch's CPU kernels ~10x
+    (measured: curvlinops HVP 0.025 s alone, 0.24 s after ``import tensorflow``)."""
+    import json
+
+    import torch
+
+    torch.set_num_threads(2)
+    z = np.load(inp, allow_pickle=False)
+    spec = [str(s) for s in z["spec"]]
+    weights = [z[f"w{i}"] for i in range(int(z["num_weights"]))]
+    rep, rep_eig = int(z["rep"]), int(z["rep_eig"])
+    net = _torch_net(spec, weights)
+    x = z["x"]
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy() if x.ndim == 4 else x)
+    yt = torch.from_numpy(z["y"]).long()
+    params = list(net.parameters())
+    v_t, V_t = torch.from_numpy(z["v"]), torch.from_numpy(z["V"])
+    res: dict = {"messages": []}
+    arrays: dict = {}
+    try:
+        from curvlinops import HessianLinearOperator
+    except ImportError as exc:
+        res["messages"].append(f"curvlinops not installed ({exc}): HVP rows without a peer "
+                               "(pip install -e '.[bench]')")
+    else:
+        H = HessianLinearOperator(net, torch.nn.CrossEntropyLoss(), params, [(xt, yt)], check_deterministic=False)
+        arrays["hv"] = (H @ v_t).detach().numpy()
+        res["mv_s"] = median_time(lambda: (H @ v_t).detach().numpy(), rep)
+        arrays["HV"] = (H @ V_t).detach().numpy()
+        res["mm_s"] = median_time(lambda: (H @ V_t).detach().numpy(), rep)
+    sizes = [p.numel() for p in params]
+
+    def double_backward():  # the plain-autograd HVP (what PyHessian does), for context
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(net(xt), yt), params, create_graph=True)
+        vs = [t.reshape(p.shape) for t, p in zip(torch.split(v_t, sizes), params)]
+        return torch.autograd.grad(grads, params, grad_outputs=vs)
+
+    double_backward()
+    res["double_backward_s"] = median_time(double_backward, rep)
+
+    from torch.func import functional_call, grad, vmap
+
+    pdict = {k: p.detach() for k, p in net.named_parameters()}
+
+    def one_loss(p, xi, yi):
+        return torch.nn.functional.cross_entropy(functional_call(net, p, (xi[None],)), yi[None])
+
+    per_ex = vmap(grad(one_loss), in_dims=(None, 0, 0))
+    b = int(z["per_example"])
+    xb, yb = xt[:b], yt[:b]
+    res["pe_first_s"], g = first_time(lambda: per_ex(pdict, xb, yb))
+    res["pe_s"] = median_time(lambda: per_ex(pdict, xb, yb), rep)
+    arrays["g"] = np.concatenate([t.reshape(b, -1).numpy() for t in g.values()], axis=1)
+
+    ref, resid, ref_s = _reference_top3(net, xt, yt)
+    res.update(reference=[float(r) for r in ref], reference_rel_residual=resid, reference_s=ref_s)
+    try:
+        from pyhessian import hessian as pyhessian
+    except ImportError as exc:
+        res["messages"].append(f"PyHessian not installed ({exc}): eigenvalue rows without a peer "
+                               "(pip install -e '.[bench]')")
+    else:
+        ph_mod = sys.modules["pyhessian.hessian"]  # the package re-exports the class under the module's name
+        inner, counter = ph_mod.hessian_vector_product, {"n": 0}
+
+        def counted(*a, **k):
+            counter["n"] += 1
+            return inner(*a, **k)
+
+        ph_mod.hessian_vector_product = counted  # counts its products; what it computes is unchanged
+        crit = torch.nn.CrossEntropyLoss()
+        times, errs, mvs, vals_all = [], [], [], []
+        for s in [0] + list(range(max(2, rep_eig - 2))):  # the first (seed 0) is the warm-up; ~10 s a call on the CNN
+            torch.manual_seed(s)
+            net.zero_grad(set_to_none=True)  # its constructor accumulates into .grad
+            counter["n"] = 0
+            t0 = time.perf_counter()
+            vals, _ = pyhessian(net, crit, data=(xt, yt), cuda=False).eigenvalues(top_n=3, tol=TOL)
+            times.append(time.perf_counter() - t0)
+            est = np.sort(np.asarray(vals, dtype=float))[::-1]
+            errs.append(float(np.max(np.abs(est - ref) / np.abs(ref))))
+            mvs.append(counter["n"])
+            vals_all.append(est.tolist())
+        ph_mod.hessian_vector_product = inner
+        res.update(eig_first_s=times[0], eig_s=statistics.median(times[1:]), eig_err=statistics.median(errs[1:]),
+                   eig_matvecs=statistics.median(mvs[1:]), eig_per_seed_s=times[1:], eig_per_seed_error=errs[1:],
+                   eig_values=vals_all[1:])
+    np.savez(out, **arrays)
+    print(json.dumps(res))
+
+
+def _run_peers(model, x, y, v, V, rep: int, rep_eig: int) -> tuple[dict, dict]:
+    """Run :func:`_peer_child` on this model's weights and data; (json results, arrays)."""
+    import json
+    import subprocess
+    import tempfile
+
+    weights = [w.numpy() for w in model.trainable_variables]
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(inp, spec=np.array(_spec(model)), num_weights=len(weights), x=x, y=y, v=v, V=V, rep=rep,
+                 rep_eig=rep_eig, per_example=PER_EXAMPLE, **{f"w{i}": w for i, w in enumerate(weights)})
+        proc = subprocess.run([sys.executable, __file__, "--peer-child", str(inp), str(out)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the torch peer process failed:\n{proc.stderr[-3000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        with np.load(out) as z:
+            arrays = {k: z[k] for k in z.files}
+    for m in res["messages"]:
+        print("  " + m, flush=True)
+    print(f"  reference: float64 torch twin, ARPACK (tol 1e-10) on exact HVPs in {res['reference_s']:.1f} s; "
+          f"max relative Ritz residual {res['reference_rel_residual']:.1e}", flush=True)
+    return res, arrays
+
+
+def _reference_without_torch(model, x, y, kw) -> np.ndarray:
+    import scipy.sparse.linalg as sla
+
+    import tfpartials as tp
+
+    print("  torch not installed: reference from ARPACK on tp.hessian(precision='float64')", flush=True)
+    H = tp.hessian(model, (x, y), precision="float64", quiet=True, **kw).matrix
+    return np.sort(sla.eigsh((H + H.T) / 2, k=3, which="LA", tol=0.0)[0])[::-1]
+
+
+def bench_model(kind: str, quick: bool, have_torch: bool) -> list[dict]:
+    import tensorflow as tf
+
+    import tfpartials as tp
+    from tfpartials.linalg.curvature import HessianOperator
+
+    rep = 5 if quick else 11
+    rep_eig = 3 if quick else 5
+    model, x, y = _problem(kind, quick)
+    n = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
+    N = len(x)
+    case = f"{kind.upper()} ({n:,} params, {N} examples)"
+    print(f"== {case}", flush=True)
+    kw = {"loss": LOSS, "from_logits": True, "batch_size": N}
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(n).astype("float32")
+    V = rng.standard_normal((n, BLOCK)).astype("float32")
+    vt, Vt = tf.constant(v), tf.constant(V)
+    perm = _keras_to_torch_perm(model)
+
+    # -- ours (this process) ----------------------------------------------------------------------------------
+    t_first_hvp, hv = first_time(lambda: tp.hvp(model, (x, y), v, quiet=True, **kw))
+    t_hvp = median_time(lambda: tp.hvp(model, (x, y), v, quiet=True, **kw), rep)
+    op = HessianOperator(model, (x, y), **kw)
+    t_first_mv, hv_op = first_time(lambda: op.matvec(vt).numpy())
+    t_mv = median_time(lambda: op.matvec(vt).numpy(), rep)
+    t_first_mm, HV = first_time(lambda: op.matmat(Vt).numpy())
+    t_mm = median_time(lambda: op.matmat(Vt).numpy(), rep)
+    hv_flat = np.concatenate([np.ravel(a) for a in hv.values()])
+
+    xb, yb = x[:PER_EXAMPLE], y[:PER_EXAMPLE]
+    pe_kw = {"loss": LOSS, "from_logits": True, "batch_size": PER_EXAMPLE, "quiet": True}
+    t_first_pe, g = first_time(lambda: tp.per_example_gradients(model, (xb, yb), **pe_kw))
+    t_pe = median_time(lambda: tp.per_example_gradients(model, (xb, yb), **pe_kw), rep)
+    g_flat = np.concatenate([np.reshape(a, (PER_EXAMPLE, -1)) for a in g.values()], axis=1)
+
+    def ours_eig(seed):
+        H_op = HessianOperator(model, (x, y), **kw)
+        return tp.top_eigenvalues(H_op, k=3, tol=TOL, seed=seed, quiet=True)
+
+    t_first_eig, _ = first_time(lambda: ours_eig(0))
+    eig_times, eig_res = [], []
+    for s in range(rep_eig):
+        t, r = first_time(lambda s=s: ours_eig(s))
+        eig_times.append(t)
+        eig_res.append(r)
+
+    # -- peers (a torch process of their own) -----------------------------------------------------------------
+    peer: dict = {}
+    arrays: dict = {}
+    if have_torch:
+        peer, arrays = _run_peers(model, x, y, v[perm].copy(), V[perm].copy(), rep, rep_eig)
+        ref = np.asarray(peer["reference"])
+    else:
+        ref = _reference_without_torch(model, x, y, kw)
+    eig_errs = [float(np.max(np.abs(r.eigenvalues - ref) / np.abs(ref))) for r in eig_res]
+    t_eig, err_eig = statistics.median(eig_times), statistics.median(eig_errs)
+
+    def meets(ours, theirs):
+        return None if theirs is None else bool(ours <= theirs)
+
+    agree_mv = agree_mm = agree_pe = None
+    if "hv" in arrays:
+        agree_mv = max(_rel(hv_flat[perm], arrays["hv"]), _rel(hv_op[perm], arrays["hv"]))
+        agree_mm = _rel(HV[perm], arrays["HV"])
+    if "g" in arrays:
+        agree_pe = _rel(g_flat[:, perm], arrays["g"])
+    mv_s, mm_s, pe_s, eig_s = (peer.get(k) for k in ("mv_s", "mm_s", "pe_s", "eig_s"))
+    target = "<= 1.0x curvlinops"
+    rows = [
+        row("peers", f"one HVP, tp.hvp (public call): {case}", t_hvp, "s", "curvlinops Hessian @ v", mv_s, target,
+            meets(t_hvp, mv_s), first_call_s=t_first_hvp, rel_diff_vs_peer=agree_mv),
+        row("peers", f"one HVP, HessianOperator.matvec: {case}", t_mv, "s", "curvlinops Hessian @ v", mv_s, target,
+            meets(t_mv, mv_s), first_call_s=t_first_mv, torch_double_backward_s=peer.get("double_backward_s")),
+        row("peers", f"{BLOCK} HVPs, HessianOperator.matmat: {case}", t_mm, "s",
+            f"curvlinops Hessian @ V (n, {BLOCK})", mm_s, target, meets(t_mm, mm_s), first_call_s=t_first_mm,
+            rel_diff_vs_peer=agree_mm),
+        row("peers", f"per-example gradients, {PER_EXAMPLE} examples: {case}", t_pe, "s", "torch.func.vmap(grad)",
+            pe_s, "<= 1.0x torch vmap", meets(t_pe, pe_s), first_call_s=t_first_pe,
+            baseline_first_call_s=peer.get("pe_first_s"), rel_diff_vs_peer=agree_pe),
+        row("peers", f"top-3 eigenvalues, tol 1e-3 (operator + Lanczos): {case}", t_eig, "s",
+            "PyHessian eigenvalues(top_n=3, tol=1e-3)", eig_s, "faster than PyHessian, lower error",
+            None if eig_s is None else bool(t_eig < eig_s and err_eig < peer["eig_err"]),
+            first_call_s=t_first_eig, max_rel_error=err_eig, baseline_max_rel_error=peer.get("eig_err"),
+            matvecs=statistics.median(int(r.num_matvecs) for r in eig_res),
+            baseline_matvecs=peer.get("eig_matvecs"), reference=[float(r) for r in ref],
+            reference_rel_residual=peer.get("reference_rel_residual"), per_seed_s=eig_times,
+            per_seed_error=eig_errs, baseline_per_seed_s=peer.get("eig_per_seed_s"),
+            baseline_per_seed_error=peer.get("eig_per_seed_error")),
+    ]
+    load = os.getloadavg()[0]
+    for r in rows:
+        r["load_average_1min"] = round(load, 2)  # 2 cores shared: wall times are only as clean as this
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    import importlib.util
+
+    have_torch = importlib.util.find_spec("torch") is not None
+    if not have_torch:
+        print("torch not installed: every peer skipped (pip install -e '.[bench]')", flush=True)
+    rows = []
+    for kind in ("mlp", "cnn"):
+        rows.extend(bench_model(kind, quick, have_torch))
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--peer-child"]:
+        _peer_child(sys.argv[2], sys.argv[3])
+        raise SystemExit(0)
+    t0 = time.perf_counter()
+    rows = run(quick="--quick" in sys.argv)
+    print_rows(rows)
+    print(f"wrote {write('peers', rows)} in {time.perf_counter() - t0:.0f} s")
