@@ -8,7 +8,8 @@ DESCRIPTION = (
     "with provenance) and the plots as PNGs. Sections: gradients, per-example, curvature (alias spectrum), "
     "attributions, uncertainty (with --eval held-out data), influence, sensitivity (tabular), check; skip any "
     "with --skip. Each section plans its work from the measured cost of one product to fit its share of "
-    "--time-budget and says what it reduced. Bad input fails before any work with exit 2 and no DIR; a "
+    "--time-budget and says what it reduced; a section that starts after the budget is spent still runs, at "
+    "its smallest size. Bad input fails before any work with exit 2 and no DIR; a "
     "section that fails is shown in the report and the others still run.")
 
 SKIP_CHOICES = ["gradients", "per-example", "curvature", "spectrum", "attributions", "uncertainty", "influence",
