@@ -18,7 +18,7 @@ import numpy as np
 
 from .._checks import InputError, check_positive_float, check_positive_int, check_seed
 from .._progress import progress
-from ._probes import Distribution, as_operator, draw_probes, require_symmetric
+from ._probes import Distribution, as_operator, draw_probes, host_dtype, require_symmetric
 from .lanczos import lanczos
 
 __all__ = ["SpectralDensity", "spectral_density", "gaussian_density"]
@@ -133,7 +133,7 @@ def spectral_density(op, num_probes: int = 4, num_lanczos: int = 64, grid: int |
         if grid < 2:
             raise InputError(f"grid: expected at least 2 points, got {grid}")
 
-    Z = draw_probes(op.n, num_probes, distribution, rng)
+    Z = draw_probes(op.n, num_probes, distribution, rng, dtype=host_dtype(op))  # float32 on big float32 models
     Z /= np.linalg.norm(Z, axis=0, keepdims=True)
     nodes = np.zeros((num_probes, m))
     weights = np.zeros((num_probes, m))
