@@ -22,7 +22,15 @@ import numpy as np
 from .._checks import InputError, check_choice, check_positive_float, check_positive_int, check_seed
 from .._memory import default_budget, require_fits
 from .._progress import progress
-from ._probes import apply, as_operator, host_dtype, operator_eps, require_symmetric, split_by_space
+from ._probes import (
+    HostThreads,
+    apply,
+    as_operator,
+    host_dtype,
+    operator_eps,
+    require_symmetric,
+    split_by_space,
+)
 from .lanczos import breakdown_threshold, orthogonalize
 
 __all__ = ["EigenResult", "top_eigenvalues", "power_iteration"]
@@ -142,6 +150,7 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
     require_fits(np.dtype(dt).itemsize * n * (m + 3), default_budget(), f"a Lanczos basis of {m} vectors",
                  f"use a smaller num_basis (at least k + 1 = {k + 1})")
 
+    host = HostThreads(n)
     rng = np.random.default_rng(seed)
     V = np.empty((n, m + 1), dtype=dt, order="F")  # column-major: the first j columns are contiguous
     v = rng.standard_normal(n)
@@ -155,55 +164,57 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
             w = apply(op, V[:, j], bar, dtype=dt)
             used += 1
             fresh = None if fresh is None else fresh + 1
-            anorm = max(anorm, float(np.linalg.norm(w)))
-            w, h = orthogonalize(V[:, : j + 1], w)
-            T[: j + 1, j] = h
-            size = j + 1
-            Ts = np.triu(T[:size, :size]) + np.triu(T[:size, :size], 1).T
-            theta, S = np.linalg.eigh(Ts)
-            order = _order(theta, which)
-            b = float(np.linalg.norm(w))
-            broke = b <= breakdown_threshold(op, anorm) or size == n
-            beta = 0.0 if broke else b
-            want = order[: min(k, size)]
-            res = np.abs(beta * S[-1, want])
-            thresh = np.maximum(tol * np.abs(theta[want]), floor * anorm)
-            # After an invariant subspace, its Ritz values are exact but copies of them (repeated eigenvalues)
-            # may live in the complement: look there for k + 1 steps before trusting the wanted set.
-            if size == n:
-                may_stop = True
-            elif broke:
-                may_stop = fresh is not None and fresh >= k + 1
-            else:
-                may_stop = fresh is None or fresh >= k + 1
-            converged = may_stop and size >= k and bool(np.all(res <= thresh))
-            if converged or used >= max_matvecs:
-                break
-            if broke:  # invariant subspace: continue in its orthogonal complement with a fresh direction
-                fresh = 0 if fresh is None else fresh
-                r, _ = orthogonalize(V[:, :size], rng.standard_normal(n).astype(dt))
-                r, _ = orthogonalize(V[:, :size], r / np.linalg.norm(r))
-                V[:, size] = r / np.linalg.norm(r)
-            else:
-                V[:, size] = w / b
-            if size < m:
-                j = size
-                continue
-            # thick restart: keep the l best Ritz vectors, then the residual direction
-            l_keep = min(m - 1, k + max(1, (m - k) // 2))
-            keep = order[:l_keep]
-            Y = V[:, :m] @ S[:, keep].astype(dt)  # in the basis' dtype: no float64 copy of the basis
-            resid = V[:, m].copy()
-            V[:, :l_keep] = Y
-            V[:, l_keep] = resid
-            T[:] = 0.0
-            T[np.arange(l_keep), np.arange(l_keep)] = theta[keep]
-            T[:l_keep, l_keep] = beta * S[-1, keep]
-            j = l_keep
+            with host():  # the host arithmetic on one BLAS thread (small operators); products outside
+                anorm = max(anorm, float(np.linalg.norm(w)))
+                w, h = orthogonalize(V[:, : j + 1], w)
+                T[: j + 1, j] = h
+                size = j + 1
+                Ts = np.triu(T[:size, :size]) + np.triu(T[:size, :size], 1).T
+                theta, S = np.linalg.eigh(Ts)
+                order = _order(theta, which)
+                b = float(np.linalg.norm(w))
+                broke = b <= breakdown_threshold(op, anorm) or size == n
+                beta = 0.0 if broke else b
+                want = order[: min(k, size)]
+                res = np.abs(beta * S[-1, want])
+                thresh = np.maximum(tol * np.abs(theta[want]), floor * anorm)
+                # After an invariant subspace, its Ritz values are exact but copies of them (repeated eigenvalues)
+                # may live in the complement: look there for k + 1 steps before trusting the wanted set.
+                if size == n:
+                    may_stop = True
+                elif broke:
+                    may_stop = fresh is not None and fresh >= k + 1
+                else:
+                    may_stop = fresh is None or fresh >= k + 1
+                converged = may_stop and size >= k and bool(np.all(res <= thresh))
+                if converged or used >= max_matvecs:
+                    break
+                if broke:  # invariant subspace: continue in its orthogonal complement with a fresh direction
+                    fresh = 0 if fresh is None else fresh
+                    r, _ = orthogonalize(V[:, :size], rng.standard_normal(n).astype(dt))
+                    r, _ = orthogonalize(V[:, :size], r / np.linalg.norm(r))
+                    V[:, size] = r / np.linalg.norm(r)
+                else:
+                    V[:, size] = w / b
+                if size < m:
+                    j = size
+                    continue
+                # thick restart: keep the l best Ritz vectors, then the residual direction
+                l_keep = min(m - 1, k + max(1, (m - k) // 2))
+                keep = order[:l_keep]
+                Y = V[:, :m] @ S[:, keep].astype(dt)  # in the basis' dtype: no float64 copy of the basis
+                resid = V[:, m].copy()
+                V[:, :l_keep] = Y
+                V[:, l_keep] = resid
+                T[:] = 0.0
+                T[np.arange(l_keep), np.arange(l_keep)] = theta[keep]
+                T[:l_keep, l_keep] = beta * S[-1, keep]
+                j = l_keep
 
     want = order[: min(k, size)]
-    vecs = V[:, :size] @ S[:, want].astype(dt)
-    vecs /= np.linalg.norm(vecs, axis=0, keepdims=True)
+    with host():
+        vecs = V[:, :size] @ S[:, want].astype(dt)
+        vecs /= np.linalg.norm(vecs, axis=0, keepdims=True)
     if not converged:
         warnings.warn(f"top_eigenvalues: not converged after {used} matvecs (relative residuals "
                       f"{np.array2string(res / np.maximum(np.abs(theta[want]), 1e-300), precision=2)}, tol {tol:g}); "
@@ -244,14 +255,16 @@ def power_iteration(op, tol: float = 1e-6, max_matvecs: int = 1000, seed: int = 
     v = rng.standard_normal(op.n)
     v /= np.linalg.norm(v)
     lam_prev, lam, res, converged, used = None, 0.0, np.inf, False, 0
+    host = HostThreads(op.n)
     with progress("power iteration", max_matvecs, quiet=quiet, unit="matvecs") as bar:
         for used in range(1, max_matvecs + 1):
             w = apply(op, v, bar)
-            lam = float(v @ w)
-            res = float(np.linalg.norm(w - lam * v))
+            with host():  # the host arithmetic on one BLAS thread (small operators); products outside
+                lam = float(v @ w)
+                res = float(np.linalg.norm(w - lam * v))
+                nw = float(np.linalg.norm(w))
             if callback is not None:
                 callback(used, lam)
-            nw = float(np.linalg.norm(w))
             if lam_prev is not None and abs(lam - lam_prev) <= tol * (abs(lam_prev) + 1e-6):
                 converged = True
                 break

@@ -22,7 +22,7 @@ import numpy as np
 from .._checks import InputError, check_positive_int, check_seed
 from .._memory import default_budget, require_fits
 from .._progress import progress
-from ._probes import apply, as_operator, host_dtype, operator_eps, require_symmetric
+from ._probes import HostThreads, apply, as_operator, host_dtype, operator_eps, require_symmetric
 
 __all__ = ["LanczosDecomposition", "lanczos", "orthogonalize", "tridiagonal", "gauss_quadrature",
            "breakdown_threshold"]
@@ -150,18 +150,20 @@ def lanczos(op, num_steps: int, *, v0=None, seed: int = 0, keep_basis: bool = Tr
     Q[:, 0] = v / nv
     alpha, beta = np.zeros(num_steps), np.zeros(num_steps)
     anorm, used, m = 0.0, 0, num_steps
+    host = HostThreads(n)
     with progress("Lanczos", num_steps, quiet=quiet or bar is not None, unit="matvecs") as own_bar:
         for j in range(num_steps):
             w = apply(op, Q[:, j], bar or own_bar, dtype=dt)
             used += 1
-            anorm = max(anorm, float(np.linalg.norm(w)))
-            w, h = orthogonalize(Q[:, : j + 1], w)
-            alpha[j] = float(h[j])
-            b = float(np.linalg.norm(w))
-            if b <= breakdown_threshold(op, anorm) or j + 1 == n:
-                m = j + 1  # invariant Krylov space (or the whole space): T's Ritz values are exact
-                break
-            beta[j] = b
-            Q[:, j + 1] = w / b
+            with host():  # the host arithmetic on one BLAS thread (small operators); products outside
+                anorm = max(anorm, float(np.linalg.norm(w)))
+                w, h = orthogonalize(Q[:, : j + 1], w)
+                alpha[j] = float(h[j])
+                b = float(np.linalg.norm(w))
+                if b <= breakdown_threshold(op, anorm) or j + 1 == n:
+                    m = j + 1  # invariant Krylov space (or the whole space): T's Ritz values are exact
+                    break
+                beta[j] = b
+                Q[:, j + 1] = w / b
     return LanczosDecomposition(alpha=alpha[:m].copy(), beta=beta[:m].copy(),
                                 basis=Q[:, :m].copy() if keep_basis else None, num_matvecs=used)
