@@ -108,7 +108,7 @@ def _conv2d(pfor_input):
         y = tf.raw_ops.Conv2D(input=x, filter=w2, **_conv_kw(a))
         ys = tf.shape(y)
         y = tf.reshape(y, tf.stack([ys[0], ys[1], ys[2], k, co]))
-        return [_wrap(tf.transpose(y, [3, 0, 1, 2, 4]))]
+        return tf.transpose(y, [3, 0, 1, 2, 4])
     if w_st and x_st:  # both: im2col and one batched matmul
         if w.shape.rank != 5 or w.shape[1] is None or w.shape[2] is None:
             return None
@@ -120,7 +120,7 @@ def _conv2d(pfor_input):
         ps, ws = tf.shape(p), tf.shape(w)
         rows = tf.reshape(p, tf.stack([xs[0], -1, ps[3]]))
         y = tf.matmul(rows, tf.reshape(w, tf.stack([ws[0], -1, ws[4]])))
-        return [_wrap(tf.reshape(y, tf.stack([xs[0], xs[1], ps[1], ps[2], ws[4]])))]
+        return tf.reshape(y, tf.stack([xs[0], xs[1], ps[1], ps[2], ws[4]]))
     return None
 
 
@@ -139,7 +139,7 @@ def _conv2d_backprop_input(pfor_input):
     dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes2, filter=w2, out_backprop=dy, **_conv_kw(a))
     xs = tf.shape(dx)
     dx = tf.reshape(dx, tf.stack([xs[0], xs[1], xs[2], k, ci]))
-    return [_wrap(tf.transpose(dx, [3, 0, 1, 2, 4]))]
+    return tf.transpose(dx, [3, 0, 1, 2, 4])
 
 
 def _conv2d_backprop_filter(pfor_input):
@@ -159,7 +159,7 @@ def _conv2d_backprop_filter(pfor_input):
         dw = tf.raw_ops.Conv2DBackpropFilter(input=x2, filter_sizes=sizes2, out_backprop=dy, **_conv_kw(a))
         ws = tf.shape(dw)
         dw = tf.reshape(dw, tf.stack([ws[0], ws[1], k, ci, ws[3]]))
-        return [_wrap(tf.transpose(dw, [2, 0, 1, 3, 4]))]
+        return tf.transpose(dw, [2, 0, 1, 3, 4])
     fsize = _static_ints(sizes, 4)  # both vary: im2col, dW[k] = patches(x[k])^T dy[k]
     if fsize is None:
         return None
@@ -171,7 +171,7 @@ def _conv2d_backprop_filter(pfor_input):
     rows = tf.reshape(p, tf.stack([xs[0], -1, kh * kw * ci]))
     grads = tf.reshape(dy, tf.stack([xs[0], -1, co]))
     dw = tf.matmul(rows, grads, transpose_a=True)
-    return [_wrap(tf.reshape(dw, tf.stack([xs[0], kh, kw, ci, co])))]
+    return tf.reshape(dw, tf.stack([xs[0], kh, kw, ci, co]))
 
 
 # -- depthwise ------------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def _depthwise(pfor_input):
     if x_st and not w_st:  # x[K]: K folded into the batch
         k = tf.shape(x)[0]
         y = tf.raw_ops.DepthwiseConv2dNative(input=_fold_batch(x), filter=w, **_conv_kw(a))
-        return [_wrap(_unfold_batch(y, k))]
+        return _unfold_batch(y, k)
     if not w_st or x_st:
         return None  # both vary: TensorFlow's rule folds K into the channels
     s = tf.shape(w)  # W[K] (K, kh, kw, c, m): K folded into the channel multiplier
@@ -204,7 +204,7 @@ def _depthwise(pfor_input):
     ys = tf.shape(y)
     y = tf.reshape(y, tf.stack([ys[0], ys[1], ys[2], c, k, m]))
     y = tf.transpose(y, [4, 0, 1, 2, 3, 5])
-    return [_wrap(tf.reshape(y, tf.stack([k, ys[0], ys[1], ys[2], c * m])))]
+    return tf.reshape(y, tf.stack([k, ys[0], ys[1], ys[2], c * m]))
 
 
 def _depthwise_backprop_input(pfor_input):
@@ -220,7 +220,7 @@ def _depthwise_backprop_input(pfor_input):
         sizes2 = sizes * tf.concat([tf.reshape(tf.cast(k, sizes.dtype), [1]), tf.ones([3], sizes.dtype)], 0)
         dx = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=sizes2, filter=w,
                                                            out_backprop=_fold_batch(dy), **_conv_kw(a))
-        return [_wrap(_unfold_batch(dx, k))]
+        return _unfold_batch(dx, k)
     pfor_input.stack_inputs(stack_indices=[2])  # W[K]: dy broadcast over K, then TensorFlow's rule
     return None
 
@@ -249,7 +249,7 @@ def _depthwise_backprop_filter(pfor_input):
     dw = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(input=x, filter_sizes=sizes2, out_backprop=dy2,
                                                         **_conv_kw(a))
     dw = tf.reshape(dw, tf.stack([kh, kw, c, k, m]))
-    return [_wrap(tf.transpose(dw, [3, 0, 1, 2, 4]))]
+    return tf.transpose(dw, [3, 0, 1, 2, 4])
 
 
 _RULES = {"Conv2D": _conv2d, "Conv2DBackpropInput": _conv2d_backprop_input,
@@ -257,13 +257,13 @@ _RULES = {"Conv2D": _conv2d, "Conv2DBackpropInput": _conv2d_backprop_input,
           "DepthwiseConv2dNativeBackpropInput": _depthwise_backprop_input,
           "DepthwiseConv2dNativeBackpropFilter": _depthwise_backprop_filter}
 
-_wrap = None  # pfor.wrap, bound by install()
+def _wrapped(rule, original, wrap):
+    """pfor converter: ``rule``'s vectorised output (one stacked tensor), else TensorFlow's ``original``."""
 
-
-def _wrapped(rule, original):
+    @tf.autograph.experimental.do_not_convert
     def converter(pfor_input):
         out = rule(pfor_input)
-        return original(pfor_input) if out is None else out
+        return original(pfor_input) if out is None else [wrap(out, True)]
 
     setattr(converter, _MARK, True)
     converter.__wrapped__ = original
@@ -277,7 +277,6 @@ def install() -> bool:
     Returns True when the rules are in force, False when TensorFlow's private pfor internals are not as
     expected (then nothing is changed and pfor keeps its own converters).
     """
-    global _wrap
     with _LOCK:
         if "installed" in _STATE:
             return _STATE["installed"]
@@ -292,10 +291,9 @@ def install() -> bool:
         except Exception:  # pragma: no cover - a TensorFlow without these internals
             ok = False
         if ok:
-            _wrap = lambda t: wrap(t, True)  # noqa: E731
             for op, rule in _RULES.items():
                 if not getattr(registry[op], _MARK, False):
-                    registry[op] = _wrapped(rule, registry[op])
+                    registry[op] = _wrapped(rule, registry[op], wrap)
         _STATE["installed"] = ok
         return ok
 

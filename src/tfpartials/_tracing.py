@@ -328,10 +328,27 @@ def unaudited_layer(model) -> str | None:
 _PFOR_LOOPED = ("Conv", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
                 "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "ConvLSTM1D",
                 "ConvLSTM2D", "ConvLSTM3D")
+# ... except those that tfpartials' own pfor rules (``_pfor_rules``) vectorise: 1-D/2-D, channels-last, ungrouped
+_PFOR_RULED = ("Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+               "Conv1DTranspose", "Conv2DTranspose")
 PFOR_LOOP_THRESHOLD = 4  # from this many such layers on, the exact loop is tried first for parameter derivatives
+
+
+def _ruled(layer, names: set[str]) -> bool:
+    if not names & set(_PFOR_RULED) or names & {"Conv3D", "Conv3DTranspose"}:
+        return False
+    if getattr(layer, "data_format", "channels_last") != "channels_last" or getattr(layer, "groups", 1) != 1:
+        return False
+    from . import _pfor_rules
+
+    return _pfor_rules.install()
 
 
 def pfor_looped_layers(model) -> int:
     """How many layers of ``model`` pfor would run in a while loop when tangents vary their weights."""
-    return sum(1 for layer in _layers(model)
-               if any(c.__name__ in _PFOR_LOOPED for c in type(layer).__mro__))
+    count = 0
+    for layer in _layers(model):
+        names = {c.__name__ for c in type(layer).__mro__}
+        if names & set(_PFOR_LOOPED) and not _ruled(layer, names):
+            count += 1
+    return count

@@ -7,8 +7,8 @@ the single-vector computation over the columns with ``tf.vectorized_map`` (pfor)
 matrix-vector product of the network into a matrix-matrix product. Summed over the fixed-shape, masked
 batches with weight 1/N this is the exact dataset HVP.
 
-Not everything vectorises (pfor has no rule for a ``Conv2D`` whose filter varies with the column and runs it
-in a loop; a Keras LSTM can be neither forward-differentiated nor vectorised), so each product is built by a
+Not everything vectorises (pfor runs ops it has no rule for in a loop, e.g. a ``Conv3D`` whose filter varies
+with the column; :mod:`tfpartials._pfor_rules` adds the rules for 1-D/2-D and depthwise convolutions; a Keras LSTM can be neither forward-differentiated nor vectorised), so each product is built by a
 :class:`ColumnKernel` that tries, in order,
 
 * ``"forward"``: forward-over-reverse, vectorised;
@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import _cache
+from .. import _cache, _pfor_rules
 from .._backend import tf
 from .._checks import InputError, check_choice
 from .._fallback import Fallback, FallbackMemo, FallbackWarning, Implementation
@@ -61,6 +61,7 @@ def vectorize_columns(column: Callable[[tf.Tensor], tf.Tensor], T: tf.Tensor, mo
         return column(T[0])[None]
     if mode == "loop":
         return tf.map_fn(column, T, parallel_iterations=4)
+    _pfor_rules.install()  # convolutions whose filter varies with the column: one batched op, not a loop
     return tf.vectorized_map(column, T, fallback_to_while_loop=True)
 
 

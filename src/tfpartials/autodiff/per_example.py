@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _cache
+from .. import _cache, _pfor_rules
 from .._backend import tf
 from .._checks import InputError
 from .._fallback import Fallback, FallbackMemo, Implementation
@@ -56,6 +56,7 @@ class PerExampleEngine:
 
         def vectorised():
             def step(params, x, y):
+                _pfor_rules.install()  # per-example filter gradients of convolutions: im2col, not a loop
                 return tf.vectorized_map(self._one(params), (x, y), fallback_to_while_loop=False)
             return step
 
