@@ -28,7 +28,14 @@ same process slows torch's CPU kernels about tenfold (curvlinops' HVP on the MLP
 ``import tensorflow``), which would flatter every ratio. Peers that are not installed are skipped with a
 message; the rows then carry no ratio.
 
-    python benchmarks/bench_peers.py [--quick]
+The top-3 rows come twice: the host Lanczos loop (the default) and ``compiled=True`` (the steps between
+restarts in one compiled loop); their seeds are interleaved, and each row's ``first_call_s`` includes its
+tracing.
+
+    python benchmarks/bench_peers.py [--quick] [--only mlp|cnn ...] [--eig-only]
+
+``--only`` and ``--eig-only`` (top-3 rows only, on both sides) write ``results/peers-partial.json``, so a
+partial run does not replace the full results.
 """
 
 from __future__ import annotations
@@ -231,6 +238,17 @@ def _peer_child(inp: str, out: str) -> None:
     v_t, V_t = torch.from_numpy(z["v"]), torch.from_numpy(z["V"])
     res: dict = {"messages": []}
     arrays: dict = {}
+    if not bool(z["eig_only"]):
+        _peer_products(net, xt, yt, params, v_t, V_t, z, rep, res, arrays)
+    _peer_eigenvalues(net, xt, yt, rep_eig, res)
+    np.savez(out, **arrays)
+    print(json.dumps(res))
+
+
+def _peer_products(net, xt, yt, params, v_t, V_t, z, rep: int, res: dict, arrays: dict) -> None:
+    """curvlinops HVPs, plain double-backward HVPs and torch.func per-example gradients."""
+    import torch
+
     try:
         from curvlinops import HessianLinearOperator
     except ImportError as exc:
@@ -265,6 +283,11 @@ def _peer_child(inp: str, out: str) -> None:
     peer_time(lambda: per_ex(pdict, xb, yb), rep, res, "pe_s")
     arrays["g"] = np.concatenate([t.reshape(b, -1).numpy() for t in g.values()], axis=1)
 
+
+def _peer_eigenvalues(net, xt, yt, rep_eig: int, res: dict) -> None:
+    """The float64 reference top-3 and PyHessian's top-3 at tol 1e-3."""
+    import torch
+
     ref, resid, ref_s = _reference_top3(net, xt, yt)
     res.update(reference=[float(r) for r in ref], reference_rel_residual=resid, reference_s=ref_s)
     try:
@@ -298,11 +321,9 @@ def _peer_child(inp: str, out: str) -> None:
         res.update(eig_first_s=times[0], eig_s=statistics.median(times[1:]), eig_err=statistics.median(errs[1:]),
                    eig_matvecs=statistics.median(mvs[1:]), eig_per_seed_s=times[1:], eig_per_seed_error=errs[1:],
                    eig_values=vals_all[1:])
-    np.savez(out, **arrays)
-    print(json.dumps(res))
 
 
-def _run_peers(model, x, y, v, V, rep: int, rep_eig: int) -> tuple[dict, dict]:
+def _run_peers(model, x, y, v, V, rep: int, rep_eig: int, eig_only: bool = False) -> tuple[dict, dict]:
     """Run :func:`_peer_child` on this model's weights and data; (json results, arrays)."""
     import json
     import subprocess
@@ -312,7 +333,8 @@ def _run_peers(model, x, y, v, V, rep: int, rep_eig: int) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(inp, spec=np.array(_spec(model)), num_weights=len(weights), x=x, y=y, v=v, V=V, rep=rep,
-                 rep_eig=rep_eig, per_example=PER_EXAMPLE, **{f"w{i}": w for i, w in enumerate(weights)})
+                 rep_eig=rep_eig, per_example=PER_EXAMPLE, eig_only=eig_only,
+                 **{f"w{i}": w for i, w in enumerate(weights)})
         proc = subprocess.run([sys.executable, __file__, "--peer-child", str(inp), str(out)], capture_output=True,
                               text=True)
         if proc.returncode != 0:
@@ -337,7 +359,7 @@ def _reference_without_torch(model, x, y, kw) -> np.ndarray:
     return np.sort(sla.eigsh((H + H.T) / 2, k=3, which="LA", tol=0.0)[0])[::-1]
 
 
-def bench_model(kind: str, quick: bool, have_torch: bool) -> list[dict]:
+def bench_model(kind: str, quick: bool, have_torch: bool, eig_only: bool = False) -> list[dict]:
     import tensorflow as tf
 
     import tfpartials as tp
@@ -358,109 +380,139 @@ def bench_model(kind: str, quick: bool, have_torch: bool) -> list[dict]:
     perm = _keras_to_torch_perm(model)
 
     # -- ours (this process) ----------------------------------------------------------------------------------
-    t_first_hvp, hv = first_time(lambda: tp.hvp(model, (x, y), v, quiet=True, **kw))
-    t_hvp_all = times_of(lambda: tp.hvp(model, (x, y), v, quiet=True, **kw), rep)
-    t_hvp = statistics.median(t_hvp_all)
-    op = HessianOperator(model, (x, y), **kw)
-    t_first_mv, hv_op = first_time(lambda: op.matvec(vt).numpy())
-    t_mv_all = times_of(lambda: op.matvec(vt).numpy(), rep)
-    t_mv = statistics.median(t_mv_all)
-    t_first_mm, HV = first_time(lambda: op.matmat(Vt).numpy())
-    t_mm_all = times_of(lambda: op.matmat(Vt).numpy(), rep)
-    t_mm = statistics.median(t_mm_all)
-    hv_flat = np.concatenate([np.ravel(a) for a in hv.values()])
+    if not eig_only:
+        t_first_hvp, hv = first_time(lambda: tp.hvp(model, (x, y), v, quiet=True, **kw))
+        t_hvp_all = times_of(lambda: tp.hvp(model, (x, y), v, quiet=True, **kw), rep)
+        t_hvp = statistics.median(t_hvp_all)
+        op = HessianOperator(model, (x, y), **kw)
+        t_first_mv, hv_op = first_time(lambda: op.matvec(vt).numpy())
+        t_mv_all = times_of(lambda: op.matvec(vt).numpy(), rep)
+        t_mv = statistics.median(t_mv_all)
+        t_first_mm, HV = first_time(lambda: op.matmat(Vt).numpy())
+        t_mm_all = times_of(lambda: op.matmat(Vt).numpy(), rep)
+        t_mm = statistics.median(t_mm_all)
+        hv_flat = np.concatenate([np.ravel(a) for a in hv.values()])
 
-    xb, yb = x[:PER_EXAMPLE], y[:PER_EXAMPLE]
-    pe_kw = {"loss": LOSS, "from_logits": True, "batch_size": PER_EXAMPLE, "quiet": True}
-    t_first_pe, g = first_time(lambda: tp.per_example_gradients(model, (xb, yb), **pe_kw))
-    t_pe_all = times_of(lambda: tp.per_example_gradients(model, (xb, yb), **pe_kw), rep)
-    t_pe = statistics.median(t_pe_all)
-    g_flat = np.concatenate([np.reshape(a, (PER_EXAMPLE, -1)) for a in g.values()], axis=1)
+        xb, yb = x[:PER_EXAMPLE], y[:PER_EXAMPLE]
+        pe_kw = {"loss": LOSS, "from_logits": True, "batch_size": PER_EXAMPLE, "quiet": True}
+        t_first_pe, g = first_time(lambda: tp.per_example_gradients(model, (xb, yb), **pe_kw))
+        t_pe_all = times_of(lambda: tp.per_example_gradients(model, (xb, yb), **pe_kw), rep)
+        t_pe = statistics.median(t_pe_all)
+        g_flat = np.concatenate([np.reshape(a, (PER_EXAMPLE, -1)) for a in g.values()], axis=1)
 
-    def ours_eig(seed):
+    def ours_eig(seed, compiled):
         H_op = HessianOperator(model, (x, y), **kw)
-        return tp.top_eigenvalues(H_op, k=3, tol=TOL, seed=seed, quiet=True)
+        return tp.top_eigenvalues(H_op, k=3, tol=TOL, seed=seed, quiet=True, compiled=compiled)
 
-    t_first_eig, _ = first_time(lambda: ours_eig(0))
-    eig_times, eig_res = [], []
+    variants = (False, True)  # the host loop (default), compiled=True; seeds interleaved, order alternating
+    t_first_eig = {c: first_time(lambda c=c: ours_eig(0, c))[0] for c in variants}
+    eig_times: dict = {c: [] for c in variants}
+    eig_res: dict = {c: [] for c in variants}
     for s in range(rep_eig):
-        t, r = first_time(lambda s=s: ours_eig(s))
-        eig_times.append(t)
-        eig_res.append(r)
+        for c in (variants if s % 2 == 0 else variants[::-1]):
+            t, r = first_time(lambda s=s, c=c: ours_eig(s, c))
+            eig_times[c].append(t)
+            eig_res[c].append(r)
 
     # -- peers (a torch process of their own) -----------------------------------------------------------------
     peer: dict = {}
     arrays: dict = {}
     if have_torch:
-        peer, arrays = _run_peers(model, x, y, v[perm].copy(), V[perm].copy(), rep, rep_eig)
+        peer, arrays = _run_peers(model, x, y, v[perm].copy(), V[perm].copy(), rep, rep_eig, eig_only)
         ref = np.asarray(peer["reference"])
     else:
         ref = _reference_without_torch(model, x, y, kw)
-    eig_errs = [float(np.max(np.abs(r.eigenvalues - ref) / np.abs(ref))) for r in eig_res]
-    t_eig, err_eig = statistics.median(eig_times), statistics.median(eig_errs)
+    eig_s = peer.get("eig_s")
 
-    def meets(ours, theirs):
-        return None if theirs is None else bool(ours <= theirs)
+    def eig_row(compiled: bool) -> dict:
+        errs = [float(np.max(np.abs(r.eigenvalues - ref) / np.abs(ref))) for r in eig_res[compiled]]
+        t, err = statistics.median(eig_times[compiled]), statistics.median(errs)
+        how = "operator + Lanczos, compiled=True" if compiled else "operator + Lanczos"
+        return row("peers", f"top-3 eigenvalues, tol 1e-3 ({how}): {case}", t, "s",
+                   "PyHessian eigenvalues(top_n=3, tol=1e-3)", eig_s, "faster than PyHessian, lower error",
+                   None if eig_s is None else bool(t < eig_s and err < peer["eig_err"]),
+                   first_call_s=t_first_eig[compiled], max_rel_error=err, baseline_max_rel_error=peer.get("eig_err"),
+                   matvecs=statistics.median(int(r.num_matvecs) for r in eig_res[compiled]),
+                   baseline_matvecs=peer.get("eig_matvecs"), reference=[float(r) for r in ref],
+                   reference_rel_residual=peer.get("reference_rel_residual"), per_seed_s=eig_times[compiled],
+                   per_seed_error=errs, baseline_per_seed_s=peer.get("eig_per_seed_s"),
+                   baseline_per_seed_error=peer.get("eig_per_seed_error"), min_s=min(eig_times[compiled]),
+                   baseline_min_s=min(peer["eig_per_seed_s"]) if peer.get("eig_per_seed_s") else None)
 
-    agree_mv = agree_mm = agree_pe = None
-    if "hv" in arrays:
-        agree_mv = max(_rel(hv_flat[perm], arrays["hv"]), _rel(hv_op[perm], arrays["hv"]))
-        agree_mm = _rel(HV[perm], arrays["HV"])
-    if "g" in arrays:
-        agree_pe = _rel(g_flat[:, perm], arrays["g"])
-    mv_s, mm_s, pe_s, eig_s = (peer.get(k) for k in ("mv_s", "mm_s", "pe_s", "eig_s"))
-    target = "<= 1.0x curvlinops"
+    rows = []
+    if not eig_only:
+        def meets(ours, theirs):
+            return None if theirs is None else bool(ours <= theirs)
 
-    def mins(ours_all, key):  # the fastest repeat on both sides (less sensitive to the shared machine's load)
-        theirs = peer.get(key + "_min")
-        return {"min_s": min(ours_all), "baseline_min_s": theirs, "peer_threads": peer.get(key + "_threads"),
-                "ratio_of_min": None if theirs is None else min(ours_all) / theirs}
+        agree_mv = agree_mm = agree_pe = None
+        if "hv" in arrays:
+            agree_mv = max(_rel(hv_flat[perm], arrays["hv"]), _rel(hv_op[perm], arrays["hv"]))
+            agree_mm = _rel(HV[perm], arrays["HV"])
+        if "g" in arrays:
+            agree_pe = _rel(g_flat[:, perm], arrays["g"])
+        mv_s, mm_s, pe_s = (peer.get(k) for k in ("mv_s", "mm_s", "pe_s"))
+        target = "<= 1.0x curvlinops"
 
-    rows = [
-        row("peers", f"one HVP, tp.hvp (public call): {case}", t_hvp, "s", "curvlinops Hessian @ v", mv_s, target,
-            meets(t_hvp, mv_s), first_call_s=t_first_hvp, rel_diff_vs_peer=agree_mv, **mins(t_hvp_all, "mv_s")),
-        row("peers", f"one HVP, HessianOperator.matvec: {case}", t_mv, "s", "curvlinops Hessian @ v", mv_s, target,
-            meets(t_mv, mv_s), first_call_s=t_first_mv, torch_double_backward_s=peer.get("double_backward_s"),
-            **mins(t_mv_all, "mv_s")),
-        row("peers", f"{BLOCK} HVPs, HessianOperator.matmat: {case}", t_mm, "s",
-            f"curvlinops Hessian @ V (n, {BLOCK})", mm_s, target, meets(t_mm, mm_s), first_call_s=t_first_mm,
-            rel_diff_vs_peer=agree_mm, **mins(t_mm_all, "mm_s")),
-        row("peers", f"per-example gradients, {PER_EXAMPLE} examples: {case}", t_pe, "s", "torch.func.vmap(grad)",
-            pe_s, "<= 1.0x torch vmap", meets(t_pe, pe_s), first_call_s=t_first_pe,
-            baseline_first_call_s=peer.get("pe_first_s"), rel_diff_vs_peer=agree_pe, **mins(t_pe_all, "pe_s")),
-        row("peers", f"top-3 eigenvalues, tol 1e-3 (operator + Lanczos): {case}", t_eig, "s",
-            "PyHessian eigenvalues(top_n=3, tol=1e-3)", eig_s, "faster than PyHessian, lower error",
-            None if eig_s is None else bool(t_eig < eig_s and err_eig < peer["eig_err"]),
-            first_call_s=t_first_eig, max_rel_error=err_eig, baseline_max_rel_error=peer.get("eig_err"),
-            matvecs=statistics.median(int(r.num_matvecs) for r in eig_res),
-            baseline_matvecs=peer.get("eig_matvecs"), reference=[float(r) for r in ref],
-            reference_rel_residual=peer.get("reference_rel_residual"), per_seed_s=eig_times,
-            per_seed_error=eig_errs, baseline_per_seed_s=peer.get("eig_per_seed_s"),
-            baseline_per_seed_error=peer.get("eig_per_seed_error")),
-    ]
+        def mins(ours_all, key):  # the fastest repeat on both sides (less sensitive to the shared machine's load)
+            theirs = peer.get(key + "_min")
+            return {"min_s": min(ours_all), "baseline_min_s": theirs, "peer_threads": peer.get(key + "_threads"),
+                    "ratio_of_min": None if theirs is None else min(ours_all) / theirs}
+
+        rows += [
+            row("peers", f"one HVP, tp.hvp (public call): {case}", t_hvp, "s", "curvlinops Hessian @ v", mv_s,
+                target, meets(t_hvp, mv_s), first_call_s=t_first_hvp, rel_diff_vs_peer=agree_mv,
+                **mins(t_hvp_all, "mv_s")),
+            row("peers", f"one HVP, HessianOperator.matvec: {case}", t_mv, "s", "curvlinops Hessian @ v", mv_s,
+                target, meets(t_mv, mv_s), first_call_s=t_first_mv,
+                torch_double_backward_s=peer.get("double_backward_s"), **mins(t_mv_all, "mv_s")),
+            row("peers", f"{BLOCK} HVPs, HessianOperator.matmat: {case}", t_mm, "s",
+                f"curvlinops Hessian @ V (n, {BLOCK})", mm_s, target, meets(t_mm, mm_s), first_call_s=t_first_mm,
+                rel_diff_vs_peer=agree_mm, **mins(t_mm_all, "mm_s")),
+            row("peers", f"per-example gradients, {PER_EXAMPLE} examples: {case}", t_pe, "s",
+                "torch.func.vmap(grad)", pe_s, "<= 1.0x torch vmap", meets(t_pe, pe_s), first_call_s=t_first_pe,
+                baseline_first_call_s=peer.get("pe_first_s"), rel_diff_vs_peer=agree_pe, **mins(t_pe_all, "pe_s")),
+        ]
+    rows += [eig_row(False), eig_row(True)]
+    for r in rows[-2:]:
+        r["ratio_of_min"] = None if r["baseline_min_s"] is None else r["min_s"] / r["baseline_min_s"]
     load = os.getloadavg()[0]
     for r in rows:
         r["load_average_1min"] = round(load, 2)  # 2 cores shared: wall times are only as clean as this
     return rows
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, only: tuple[str, ...] = ("mlp", "cnn"), eig_only: bool = False) -> list[dict]:
     import importlib.util
 
     have_torch = importlib.util.find_spec("torch") is not None
     if not have_torch:
         print("torch not installed: every peer skipped (pip install -e '.[bench]')", flush=True)
     rows = []
-    for kind in ("mlp", "cnn"):
-        rows.extend(bench_model(kind, quick, have_torch))
+    for kind in only:
+        rows.extend(bench_model(kind, quick, have_torch, eig_only))
     return rows
+
+
+def _parse(argv):
+    import argparse
+
+    p = argparse.ArgumentParser(description="Latency on small models against PyTorch peers (see the module "
+                                            "docstring).")
+    p.add_argument("--quick", action="store_true", help="fewer examples and repeats")
+    p.add_argument("--only", nargs="+", choices=("mlp", "cnn"), default=None,
+                   help="only these models (writes results/peers-partial.json)")
+    p.add_argument("--eig-only", action="store_true",
+                   help="only the top-3 eigenvalue rows, on both sides (writes results/peers-partial.json)")
+    return p.parse_args(argv)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--peer-child"]:
         _peer_child(sys.argv[2], sys.argv[3])
         raise SystemExit(0)
+    args = _parse(sys.argv[1:])
     t0 = time.perf_counter()
-    rows = run(quick="--quick" in sys.argv)
+    rows = run(quick=args.quick, only=tuple(args.only or ("mlp", "cnn")), eig_only=args.eig_only)
     print_rows(rows)
-    print(f"wrote {write('peers', rows)} in {time.perf_counter() - t0:.0f} s")
+    partial = args.only is not None or args.eig_only
+    print(f"wrote {write('peers-partial' if partial else 'peers', rows)} in {time.perf_counter() - t0:.0f} s")

@@ -194,6 +194,21 @@ class HessianOperator(CurvatureOperator):
     def _batch_matmat(self, params, x, y, mask, scale, regw, T):
         return batch_hvp_kernel(self.objective, self.method)(params, x, y, mask, scale, regw, T)
 
+    def _traceable_product(self):
+        # one in-memory batch, no strategy: the whole product is one kernel call, traceable in a caller's graph
+        obj, d = self.objective, self.data
+        if d.num_batches != 1 or self.strategy is not None or getattr(obj, "strategy", None) is not None:
+            return None
+        batch = next(iter(d.batches()))
+        scale, regw = obj.weights(d.num_examples, batch.count)
+        args = (list(self._params), as_tensors(batch.x, obj.dtype), as_tensors(batch.y, obj.dtype),
+                tf.constant(batch.mask, obj.dtype), scale, regw)
+        kernel, rows = batch_hvp_kernel(obj, self.method), tf.TensorSpec([1, self.n], obj.dtype)
+        # the concrete function of one-vector products (traced by a first matvec, which settles the kernel's
+        # implementation): a caller's trace calls it instead of tracing the product again
+        product = kernel.function().compiled.get_concrete_function(*args, rows)
+        return obj, f"hessian/{self.method}/{kernel.current.name}", product, args
+
     def to_dense(self, chunk: int | None = None) -> tf.Tensor:
         self._check_dense()
         self.num_matvecs += self.n

@@ -82,6 +82,18 @@ class LinearOperator(ABC):
         self.num_matvecs += int(V.shape[1])
         return self._matmat(V)
 
+    def _traceable_product(self):
+        """How a compiled caller may take products inside one ``tf.function``, or None (the default).
+
+        Returns ``(owner, key, product, args)``: ``product(*args, R)`` computes the rows ``R A`` for a
+        ``(k, n)`` tensor ``R`` (``A`` symmetric, so ``(A R^T)^T``) without host work, so it can run inside a
+        ``tf.while_loop``; ``owner`` is an :class:`~tfpartials.Objective` on which the caller caches its
+        compiled function under ``key`` (stable across operator instances with the same product), ``args``
+        are this instance's tensors. Operators whose products need host work per call (several batches,
+        a distribution strategy, numpy code) return None and estimators use :meth:`matmat`.
+        """
+        return None
+
     def matvec(self, v) -> tf.Tensor:
         """A @ v for v of shape ``(n,)`` (or a ``{name: array}`` dict for parameter-space operators)."""
         v = self._as_tensor(v)
