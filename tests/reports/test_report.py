@@ -161,6 +161,24 @@ def test_spent_time_budget_runs_every_section_at_its_smallest_size():
     assert any(r["what"] == "checked variables" for r in res["sections"]["check"]["reduced"])
 
 
+def test_time_budget_counts_from_started_so_loading_and_start_up_are_inside_it():
+    """The CLI passes its own start: time spent before the report (TensorFlow's import, loading) is budget used."""
+    import time
+
+    from tfpartials.reports.run import build_report
+
+    model, x, y = _deep_mlp()
+    only = dict(quiet=True, time_budget=30.0, skip=["per-example", "curvature", "attributions", "influence",
+                                                      "check", "sensitivity", "uncertainty"])
+    fresh = build_report(model, (x, y), "mse", None, **only)
+    late = build_report(model, (x, y), "mse", None, started=time.perf_counter() - 40.0, **only)
+    assert not fresh["sections"]["gradients"]["notes"]
+    assert any("30 s time budget was spent before this section started" in n
+               for n in late["sections"]["gradients"]["notes"])
+    assert late["provenance"]["timing"]["seconds"]["since_start"] >= 40.0
+    assert fresh["provenance"]["timing"]["seconds"]["since_start"] < 30.0
+
+
 def _deep_mlp():
     import keras
 

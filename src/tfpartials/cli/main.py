@@ -102,12 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; the process-wide warning display and debug flag are restored afterwards."""
     import warnings
 
+    started = time.perf_counter()  # a time budget (report --time-budget) counts from here: TF's start-up included
     saved_show, saved_debug = warnings.showwarning, os.environ.get("TFPARTIALS_DEBUG")
     native = _NativeStderrFilter() if "--debug" not in (argv if argv is not None else sys.argv[1:]) else None
     try:
         if native is not None:
             native.start()
-        return _main(argv)
+        return _main(argv, started)
     finally:
         if native is not None:
             native.stop()
@@ -118,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["TFPARTIALS_DEBUG"] = saved_debug
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, started: float | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = time.perf_counter() if started is None else started
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE

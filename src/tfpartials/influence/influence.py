@@ -95,6 +95,8 @@ class InfluenceResult:
         projection_dim: size of the random projection, or None.
         info: what the solver reports (matvecs, iterations, convergence, eigenvalues kept).
         definition: the definition above, as text (written into every output).
+        self_scores: ``(n_train,)`` self-influence of every training example (as :func:`self_influence`), when
+            asked for with ``with_self_influence=True``, else None.
 
     Example:
         >>> import numpy as np, keras, tfpartials as tp
@@ -117,6 +119,7 @@ class InfluenceResult:
     projection_dim: int | None = None
     info: dict = field(default_factory=dict)
     definition: str = DEFINITION
+    self_scores: np.ndarray | None = None
 
     @property
     def num_test(self) -> int:
@@ -221,7 +224,8 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
               curvature: Curvature = "ggn", wrt=None, projection_dim: int | None = None, seed: int = 0,
               rank: int | None = None, tol: float = 1e-6, max_iterations: int | None = None,
               batch_size: int | None = None, precision: str | None = None, max_memory: str | int | None = None,
-              from_logits: bool | None = None, unconnected: str = "error", quiet: bool = False) -> InfluenceResult:
+              from_logits: bool | None = None, unconnected: str = "error", quiet: bool = False,
+              with_self_influence: bool = False) -> InfluenceResult:
     """Influence of each training example on each test example's loss (Koh & Liang 2017).
 
     Maths: ``scores[j, i] = (1/N) grad l(test_j)^T (H + lambda I)^{-1} grad l(train_i)``, the predicted change in
@@ -254,6 +258,8 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
         tol, max_iterations: stopping rule of ``cg``, ``lissa`` and ``arnoldi``.
         batch_size, precision, max_memory, from_logits, unconnected: as in :func:`tfpartials.gradients`.
         quiet: no progress bars.
+        with_self_influence: also the self-influence of every training example (``self_scores``), from the
+            same pass over the training gradients (one pass less than calling :func:`self_influence` too).
 
     Returns:
         :class:`InfluenceResult` with ``scores (n_test, N)`` and ``.top(k)``.
@@ -271,6 +277,10 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
         >>> res = tp.influence(model, (x, y), (x[:1], y[:1]), loss="mse", damping=0.0, quiet=True)
         >>> g = 2 * (0.5 * x - y) * x; H = 2 * np.mean(x * x)
         >>> bool(np.allclose(res.scores, g[:1].T * g.T / H / 3, rtol=1e-5))
+        True
+        >>> both = tp.influence(model, (x, y), (x[:1], y[:1]), loss="mse", damping=0.0, quiet=True,
+        ...                     with_self_influence=True)           # self-influence g_i^2 / H / N too
+        >>> bool(np.allclose(both.self_scores, (g * g).ravel() / H / 3, rtol=1e-5))
         True
     """
     damping, projection_dim, seed = _validate(method, curvature, damping, projection_dim, seed)
@@ -294,6 +304,7 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
     train_chunk = plan_per_example(grad_obj, train_d, max_memory=max_memory)
     test_chunk = train_chunk  # same chunk shape for both passes: the compiled gradient function is traced once
     scores = np.zeros((n_test, N), np.float64)
+    self_scores = np.zeros(N, np.float64) if with_self_influence else None
     for t0, t1 in test_plan.ranges():
         part = test_d if (t0, t1) == (0, n_test) else _subset(test_d, t0, t1, grad_obj)
         Gt = np.concatenate([G.numpy() for _, G in _gradients(grad_obj, part, engine, test_chunk, quiet,
@@ -302,6 +313,8 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
         if P is not None:
             V = V @ P
         for start, G in _gradients(grad_obj, train_d, engine, train_chunk, quiet, "influence: training gradients"):
+            if self_scores is not None and t0 == 0:  # once, on the first test batch's pass
+                self_scores[start:start + G.shape[0]] = _self_block(G.numpy(), solver, N)
             if P is not None:
                 G = G @ P
             block = tf.matmul(V, G, transpose_b=True).numpy()
@@ -310,7 +323,13 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
     if method == "tracin":
         info["note"] = TRACIN_NOTE
     info["test_batches"] = test_plan.num_chunks
-    return InfluenceResult(scores, method, curvature, damping, N, projection_dim, info)
+    return InfluenceResult(scores, method, curvature, damping, N, projection_dim, info, self_scores=self_scores)
+
+
+def _self_block(G: np.ndarray, solver, N: int) -> np.ndarray:
+    """``(1/N) g_i^T (H + lambda I)^{-1} g_i`` for the rows ``g_i`` of a chunk ``G (k, n)``."""
+    V = solver.apply(G.T)  # (n, k)
+    return np.sum(G.T.astype(np.float64) * V.astype(np.float64), axis=0) / N
 
 
 def self_influence(model, train, loss: Any = None, *, method: Method = "exact", damping: float = 1e-3,
@@ -356,9 +375,7 @@ def self_influence(model, train, loss: Any = None, *, method: Method = "exact", 
     chunk = plan_per_example(grad_obj, train_d, max_memory=max_memory)
     scores = np.zeros(N, np.float64)
     for start, G in _gradients(grad_obj, train_d, engine, chunk, quiet, "self-influence: training gradients"):
-        G = G.numpy()
-        V = solver.apply(G.T)  # (n, k)
-        scores[start:start + G.shape[0]] = np.sum(G.T.astype(np.float64) * V.astype(np.float64), axis=0) / N
+        scores[start:start + G.shape[0]] = _self_block(G.numpy(), solver, N)
     info = dict(solver.info)
     if method == "tracin":
         info["note"] = TRACIN_NOTE

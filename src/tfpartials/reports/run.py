@@ -73,6 +73,7 @@ class ReportPlan:
     eval_data: Any = None
     allotted: float = float("inf")  # seconds the running section may plan for
     costs: dict[str, float] = field(default_factory=dict, repr=False)  # measured seconds, shared by sections
+    started: float | None = field(default=None, repr=False)  # perf_counter() the time budget counts from
 
     def out_of_time(self) -> bool:
         """True once the report's time budget is spent (long sections check this between their parts)."""
@@ -175,14 +176,16 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
                 density_steps: int = DENSITY_STEPS, check_examples: int = CHECK_EXAMPLES,
                 check_directions: int = CHECK_DIRECTIONS,
                 check_what: Sequence[str] = ("gradients", "hvp", "jacobian"), strategy=None,
-                eval_data=None) -> ReportPlan:
+                eval_data=None, started: float | None = None) -> ReportPlan:
     """Check every input and option (cheaply) and return the plan; InputError on anything wrong.
 
     Options are those of :func:`build_report`; ``density_probes`` and ``density_steps`` size the SLQ density
     (probes x Lanczos steps matvecs), ``check_examples``, ``check_directions`` and ``check_what`` (any of
     ``"gradients"``, ``"hvp"``, ``"jacobian"``) the finite-difference check; ``eval_data`` is held-out data
-    for the uncertainty section.
+    for the uncertainty section; ``started`` is the ``time.perf_counter()`` value the time budget counts from
+    (default: this call, so loading the model and the input checks are inside the budget).
     """
+    started = time.perf_counter() if started is None else float(started)
     from .._backend import keras
     from ..autodiff.problem import prepare
     from ..io.models import load_model
@@ -270,7 +273,7 @@ def plan_report(model, data, loss: Any = None, *, skip: Iterable[str] = (), top_
                       feature_names=list(names) if names is not None else None, model_file=model_file,
                       data_file=data_file, model_digest=model_digest, data_digest=data_digest, quiet=quiet,
                       weights_digest=_weights_digest(model), strategy=strategy,
-                      costs={"preflight_pass": preflight_seconds})
+                      costs={"preflight_pass": preflight_seconds}, started=started)
 
 
 def _preflight(obj, data) -> float:
@@ -330,7 +333,8 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
     }
     timing: dict[str, Any] = {}
     budget = float(plan.settings["time_budget_seconds"])
-    plan.deadline = t0 + budget
+    clock = t0 if plan.started is None else plan.started  # the budget counts from here (loading included)
+    plan.deadline = clock + budget
     todo = [k for k in SECTIONS if k not in plan.skip and _applies(plan, k)]
     from .._tracing import captured_tf_logs
 
@@ -340,13 +344,14 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
             left = plan.deadline - time.perf_counter()
             plan.allotted = max(0.0, left) * SECTION_WEIGHTS.get(key, 1.0) / later if later else left
             plan._section_start = time.perf_counter()
-            _run_section(plan, key, i, results, timing, d, say, t0, budget)
+            _run_section(plan, key, i, results, timing, d, say, clock, budget)
     timing["measured_costs"] = {k: round(v, 4) for k, v in plan.costs.items()}
     prov = provenance(model_file=plan.model_file, model_digest=plan.model_digest, data_file=plan.data_file,
                       data_digest=plan.data_digest, seed=plan.settings["seed"], settings=plan.settings,
                       weights_digest=plan.weights_digest)
     prov["timing"] = {"started": started, "finished": now_iso(),
-                      "seconds": {"total": round(time.perf_counter() - t0, 3), **timing}}
+                      "seconds": {"total": round(time.perf_counter() - t0, 3),
+                                  "since_start": round(time.perf_counter() - clock, 3), **timing}}
     results["provenance"] = prov
     if d is not None:
         from ..io.writers import save_json
@@ -463,7 +468,8 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
     examples, matvecs, steps or directions to fit its share, recording every cut in the section's ``reduced``
     list and notes.
 
-    Cost: about ``time_budget`` seconds plus loading; at most one gradient pass over the data,
+    Cost: about ``time_budget`` seconds (more only when the smallest useful size of the sections does not fit);
+    at most one gradient pass over the data,
     ``per_example_examples`` single-example gradients, and ``top_k + 20 + num_matvecs + density_probes *
     density_steps`` Hessian-vector products on ``probe_examples`` examples.
 
@@ -477,8 +483,9 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
         top_k: number of top Hessian eigenvalues.
         num_matvecs: Hutch++ matvecs for each trace estimate.
         seed: seed of every randomised estimator (same seed, same numbers).
-        time_budget: seconds for the sections (default 60): each plans its work to fit its share, from
-            measured costs; a section that starts after it is spent runs at its smallest size (and says so).
+        time_budget: seconds for the whole call (default 60), loading the model and checking the inputs
+            included: each section plans its work to fit its share of what is left, from measured costs; a
+            section that starts after the budget is spent runs at its smallest size (and says so).
         quiet: no progress output.
         feature_names: names of tabular input features (default: the CSV header).
         overwrite: replace an existing ``out_dir``.
@@ -486,7 +493,8 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
             ``precision``, ``from_logits``, ``target`` (CSV columns), ``allow_nan``, ``trust``, ``title``,
             ``density_probes``, ``density_steps``, ``check_examples``, ``check_directions``, ``check_what``,
             ``strategy`` (a ``tf.distribute.Strategy`` for the dataset gradient and the Hessian products; same
-            numbers up to round-off).
+            numbers up to round-off), ``started`` (the ``time.perf_counter()`` the budget counts from; default
+            the moment of the call; the CLI passes its own start, so the budget covers TensorFlow's start-up).
 
     Returns:
         The results dict (as written to ``results.json``).
@@ -511,6 +519,7 @@ def build_report(model, data, loss: Any = None, out_dir: str | os.PathLike | Non
     """
     from ..io.writers import atomic_directory, check_output_path
 
+    options.setdefault("started", time.perf_counter())  # the budget covers loading and the input checks too
     if out_dir is not None:
         check_output_path(out_dir, overwrite, directory=True)
     plan = plan_report(model, data, loss, skip=skip, top_k=top_k, num_matvecs=num_matvecs, seed=seed,

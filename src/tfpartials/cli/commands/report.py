@@ -38,8 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--probe-examples", type=int, default=DEFAULT_PROBE_EXAMPLES, metavar="N",
                    help=f"examples in the curvature probe batch (default {DEFAULT_PROBE_EXAMPLES})")
     p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET, metavar="SECONDS",
-                   help="seconds for the whole report; sections size their work to fit "
-                        f"(default {DEFAULT_TIME_BUDGET:g})")
+                   help="seconds for the whole command, TensorFlow's start-up and loading included; sections "
+                        f"size their work to fit what is left (default {DEFAULT_TIME_BUDGET:g})")
     p.add_argument("--title", default=None, help="title of the report page")
 
 
@@ -53,7 +53,7 @@ def run(args) -> int:
         overwrite=args.overwrite, batch_size=args.batch_size, max_examples=args.max_examples,
         probe_examples=args.probe_examples, wrt=args.wrt, precision=args.precision,
         from_logits=args.from_logits, target=args.target, allow_nan=args.allow_nan, trust=args.trust,
-        title=args.title, strategy=current_strategy(), eval_data=args.eval)
+        title=args.title, strategy=current_strategy(), eval_data=args.eval, started=getattr(args, "started", None))
     print_summary(args, results, f"{args.out}/index.html")
     return 0
 
