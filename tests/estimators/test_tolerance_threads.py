@@ -98,6 +98,16 @@ def test_host_threads_block_limits_and_restores(two_blas_threads):
         assert _blas_threads() == two_blas_threads
 
 
+def test_blocks_overlapping_across_threads_restore_the_first_counts(two_blas_threads):
+    a, b = HostThreads(100)(), HostThreads(50)()
+    a.__enter__()
+    b.__enter__()  # e.g. a second thread's solver
+    a.__exit__(None, None, None)  # the first leaves while the second still computes: still one thread
+    assert _blas_threads() == [1] * len(two_blas_threads)
+    b.__exit__(None, None, None)
+    assert _blas_threads() == two_blas_threads
+
+
 @pytest.mark.parametrize("solver", ["top_eigenvalues", "lanczos", "power_iteration"])
 def test_solvers_limit_only_their_host_arithmetic(two_blas_threads, monkeypatch, solver):
     A, lam = matrix("indefinite")

@@ -11,8 +11,10 @@ longer than the products themselves (ResNet50: 91 s of a 239 s curvature summary
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,7 +62,30 @@ class HostThreads:
     def __call__(self) -> AbstractContextManager:
         if self._controller is None:
             return nullcontext()
-        return self._controller.limit(limits=1)
+        return self._limited()
+
+    @contextmanager
+    def _limited(self) -> Iterator[None]:
+        # process-wide: the first block to enter (in any thread) sets one thread, the last to leave restores
+        # the counts found by the first, so blocks overlapping across threads never leave BLAS limited
+        global _HOST_DEPTH, _HOST_LIMITER
+        with _HOST_LOCK:
+            if _HOST_DEPTH == 0:
+                _HOST_LIMITER = self._controller.limit(limits=1)
+            _HOST_DEPTH += 1
+        try:
+            yield
+        finally:
+            with _HOST_LOCK:
+                _HOST_DEPTH -= 1
+                if _HOST_DEPTH == 0:
+                    _HOST_LIMITER.restore_original_limits()
+                    _HOST_LIMITER = None
+
+
+_HOST_LOCK = threading.Lock()
+_HOST_DEPTH = 0
+_HOST_LIMITER: Any = None
 
 
 def host_dtype(op) -> type:
