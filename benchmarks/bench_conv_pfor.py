@@ -100,14 +100,14 @@ def bench(name: str, repeat: int, columns: list[int], n: int = 64) -> list[dict]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["resnet", "mobilenetv2"])
-    p.add_argument("--columns", nargs="+", type=int, default=[1, 16, 64])
+    p.add_argument("--columns", nargs="*", type=int, default=[1, 16, 64], help="HVP column counts (none: skip)")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     rows = []
     for name in args.models:
         rows += bench(name, args.repeat, args.columns)
     print_rows(rows)
-    print(write("conv_pfor", rows))
+    print(write("conv_pfor_" + "_".join(args.models), rows))
 
 
 if __name__ == "__main__":

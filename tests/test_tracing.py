@@ -170,18 +170,19 @@ def test_short_reason_keeps_the_error_line():
 
 
 def test_real_cnns_take_the_exact_loop_for_parameter_derivatives():
-    """Four or more convolutions: pfor would trace a while loop per conv op, so the loop comes first (exact)."""
+    """Four or more convolutions pfor has no rule for (3-D here; 1-D/2-D ones have tfpartials' own rules): pfor
+    would trace a while loop per conv op, so the loop comes first (exact)."""
     from tfpartials._tracing import pfor_looped_layers
     from tfpartials.autodiff.hvp import batch_hvp_kernel
     from tfpartials.autodiff.per_example import PerExampleEngine
     from tfpartials.autodiff.problem import objective_for
 
     keras.utils.set_random_seed(0)
-    layers = [keras.Input((8, 8, 2))]
-    layers += [keras.layers.Conv2D(2, 3, padding="same", activation="tanh", name=f"c{i}") for i in range(4)]
-    model = keras.Sequential(layers + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, name="o")])
+    layers = [keras.Input((4, 4, 4, 2))]
+    layers += [keras.layers.Conv3D(2, 2, padding="same", activation="tanh", name=f"c{i}") for i in range(4)]
+    model = keras.Sequential(layers + [keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(1, name="o")])
     assert pfor_looped_layers(model) == 4
-    x = np.random.default_rng(0).normal(size=(3, 8, 8, 2)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(3, 4, 4, 4, 2)).astype("float32")
     y = np.zeros((3, 1), "float32")
     obj = objective_for(model, "mse")
     assert PerExampleEngine(obj).mode == "loop"

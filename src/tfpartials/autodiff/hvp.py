@@ -135,8 +135,9 @@ def ColumnKernel(obj: Objective, key: str, build: Callable[[str], Callable], met
     """
     check_choice("method", method, METHODS)
     modes = list(order) if method == "auto" else [method]
-    if method == "auto" and "loop" in modes and pfor_looped_layers(obj.model) >= PFOR_LOOP_THRESHOLD:
-        modes = ["loop"] + [m for m in modes if m != "loop"]  # a real CNN: pfor would trace a loop per conv op
+    if method == "auto" and "loop" in modes and pfor_looped_layers(obj.model, ruled=False) >= PFOR_LOOP_THRESHOLD:
+        # a real CNN: the compiled loop over the columns runs as fast as pfor and traces about 4x faster
+        modes = ["loop"] + [m for m in modes if m != "loop"]
     by_name = {_MODE_TEXT[m]: m for m in modes}
     impls = [Implementation(_MODE_TEXT[m], (lambda m=m: build(m)), vectorized=m != "loop", forward=m == "forward")
              for m in modes]
