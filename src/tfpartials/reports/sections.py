@@ -217,10 +217,12 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     per_product = per_batch * batches
     plan.costs["hvp_product"] = per_product
     room = int(plan.seconds_left() / per_product) if per_product > 0 else expected
-    if expected > room:  # even one batch is too dear: share the products that fit (1 : 2 : 1.5)
+    if expected > room:  # even one batch is too dear: share the products that fit (about 3 : 2 : 1)
+        # the eigenvalues first: Lanczos stops once they reach the tolerance, so products it does not need are
+        # time saved, and top eigenvalues that have not converged are the least useful number on the page
         measured = f"{per_product:.3g} s per product"
-        new_eig = max(k + 10, min(eig_cap, int(room * 0.22)))
-        new_t = max(8, min(trace_mv, int(room * 0.45)))
+        new_eig = max(k + 10, min(eig_cap, int(room * 0.5)))
+        new_t = max(8, min(trace_mv, int(room * 0.3)))
         dens_room = max(8, room - new_eig - new_t)
         new_p = max(1, min(dens_probes, dens_room // max(8, dens_steps)))
         new_s = max(8, min(dens_steps, dens_room // new_p))
