@@ -165,3 +165,30 @@ def test_nchw_is_left_to_tensorflow():
         fallback_to_while_loop=False))
     with pytest.raises(ValueError, match="expected to be loop invariant"):
         f.get_concrete_function(W)
+
+
+def test_unexpected_pfor_internals_install_nothing():
+    import types
+
+    def original(pfor_input):
+        return "tensorflow's"
+
+    assert not _pfor_rules._install_into(types.SimpleNamespace())  # no registry at all
+    partial = {"Conv2D": original}  # some op types missing: nothing is wrapped
+    fake = types.SimpleNamespace(_pfor_converter_registry=partial, _PforInput=object, wrap=lambda t, s: t)
+    assert not _pfor_rules._install_into(fake) and partial == {"Conv2D": original}
+    full = dict.fromkeys(_pfor_rules.COVERED_OPS, original)
+    fake = types.SimpleNamespace(_pfor_converter_registry=full, _PforInput=object, wrap=lambda t, s: t)
+    assert _pfor_rules._install_into(fake) and _pfor_rules._install_into(fake)  # idempotent: wrapped once
+    assert all(f.__wrapped__ is original for f in full.values())
+
+
+def test_rules_unavailable_keep_convolutions_on_the_loop(monkeypatch):
+    import keras
+
+    from tfpartials._tracing import pfor_looped_layers
+
+    model = keras.Sequential([keras.Input((6, 6, 1))] + [keras.layers.Conv2D(1, 2, name=f"c{i}") for i in range(4)])
+    assert pfor_looped_layers(model) == 0
+    monkeypatch.setattr(_pfor_rules, "install", lambda: False)
+    assert pfor_looped_layers(model) == 4

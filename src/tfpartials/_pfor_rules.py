@@ -271,6 +271,19 @@ def _wrapped(rule, original, wrap):
     return converter
 
 
+def _install_into(pfor) -> bool:
+    """Wrap the converters in ``pfor`` (TensorFlow's pfor module) when its internals are as expected."""
+    registry = getattr(pfor, "_pfor_converter_registry", None)
+    wrap = getattr(pfor, "wrap", None)
+    if not (isinstance(registry, dict) and hasattr(pfor, "_PforInput") and callable(wrap)
+            and all(callable(registry.get(op)) for op in _RULES)):
+        return False
+    for op, rule in _RULES.items():
+        if not getattr(registry[op], _MARK, False):
+            registry[op] = _wrapped(rule, registry[op], wrap)
+    return True
+
+
 def install() -> bool:
     """Wrap pfor's convolution converters with the rules above (idempotent, thread-safe).
 
@@ -278,24 +291,13 @@ def install() -> bool:
     expected (then nothing is changed and pfor keeps its own converters).
     """
     with _LOCK:
-        if "installed" in _STATE:
-            return _STATE["installed"]
-        ok = False
-        try:
-            from tensorflow.python.ops.parallel_for import pfor
-
-            registry = pfor._pfor_converter_registry
-            wrap = pfor.wrap
-            ok = (isinstance(registry, dict) and hasattr(pfor, "_PforInput") and callable(wrap)
-                  and all(callable(registry.get(op)) for op in _RULES))
-        except Exception:  # pragma: no cover - a TensorFlow without these internals
-            ok = False
-        if ok:
-            for op, rule in _RULES.items():
-                if not getattr(registry[op], _MARK, False):
-                    registry[op] = _wrapped(rule, registry[op], wrap)
-        _STATE["installed"] = ok
-        return ok
+        if "installed" not in _STATE:
+            try:
+                from tensorflow.python.ops.parallel_for import pfor
+            except ImportError:  # pragma: no cover - a TensorFlow without this private module
+                pfor = None
+            _STATE["installed"] = pfor is not None and _install_into(pfor)
+        return _STATE["installed"]
 
 
 def installed() -> bool:
