@@ -89,6 +89,9 @@ class FallbackMemo:
         self.failed: set[str] = set()
         self.warned: set[str] = set()
         self.forward_error: Exception | None = None
+        # (implementation, variant, compiled function) run once already: later calls skip the log capture
+        # (engines built per call, like the public per-example gradients, share it through the memo)
+        self.ready: set[tuple] = set()
 
 
 def failed_op(exc: BaseException | None) -> str | None:
@@ -147,7 +150,6 @@ class Fallback:
         self.exhausted = exhausted
         self._compile = compile
         self._compiled: dict[str, Callable] = {}
-        self._ready: set[tuple[str, Hashable]] = set()
         impls = list(implementations)
         custom = unaudited_layer(model) if any(i.vectorized for i in impls) else None
         if custom is not None and any(not i.vectorized for i in impls):
@@ -198,7 +200,8 @@ class Fallback:
             available = self._available()
             impl = available[0]
             fn = self.function(impl)
-            if (impl.name, variant) in self._ready:
+            ready = (impl.name, variant, fn)
+            if ready in self.memo.ready:
                 return go(fn)
             try:
                 with captured_tf_logs() as notes:
@@ -218,7 +221,7 @@ class Fallback:
                 self._warn(f"{self.what}: {impl.name} is not available for this model ({_reason(exc)}); "
                            f"using {self.current.name} instead (exact, slower)")
                 continue
-            self._ready.add((impl.name, variant))
+            self.memo.ready.add(ready)
             if notes.looped:
                 self._warn(f"{self.what}: {impl.name} runs {', '.join(notes.looped)} one at a time (no vectorised "
                            "rule for it in TensorFlow); exact, slower")
