@@ -1,8 +1,6 @@
 """``python -m tfpartials``: the command line."""
 
-import sys
-
-from tfpartials.cli.main import main
+from tfpartials.cli.main import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

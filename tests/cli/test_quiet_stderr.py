@@ -49,3 +49,14 @@ def test_errors_stay_one_line_and_debug_shows_everything(classifier):
     debug = _run("gradients", "m.keras", "--data", "d.npz", "--loss", "sparse_categorical_crossentropy",
                  "--from-logits", "--debug", "--out", "h.npz", cwd=classifier)
     assert debug.returncode == 0, debug.stderr
+
+
+def test_quick_exit_keeps_every_line_and_file_and_the_exit_code(classifier):
+    """After the work the command leaves without the interpreter's teardown: piped stdout (block-buffered), the
+    output file and the exit code must all survive that."""
+    res = _run("gradients", "m.keras", "--data", "d.npz", "--loss", "sparse_categorical_crossentropy",
+               "--from-logits", "--out", "q.npz", cwd=classifier)
+    assert res.returncode == 0, res.stderr
+    assert "logits/kernel" in res.stdout and res.stdout.endswith("\n")
+    with np.load(classifier / "q.npz") as z:
+        assert z["logits/kernel"].shape == (4, 3)

@@ -98,6 +98,27 @@ def time_limit(seconds: float | None):
             signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
 
 
+def console() -> None:
+    """The ``tfpartials`` command (and ``python -m tfpartials``): :func:`main`, then a quick exit.
+
+    Once TensorFlow is loaded, the interpreter's teardown (TensorFlow's destructors and thread pools) takes 2-3 s
+    after the work is done; by then every output has been written, closed and renamed into place, so the process
+    flushes its streams and leaves without it. An error raised out of :func:`main` exits the usual way.
+    """
+    code = main()
+    if "tensorflow" in sys.modules:
+        import logging
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more to say
+                pass
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the process-wide warning display and debug flag are restored afterwards."""
     import warnings

@@ -41,6 +41,8 @@ DEFAULT_PER_EXAMPLE = 512      # examples whose individual gradients are measure
 DENSITY_PROBES, DENSITY_STEPS = 4, 30   # SLQ: probes x Lanczos steps
 CHECK_EXAMPLES, CHECK_DIRECTIONS = 32, 4  # finite-difference check: examples, seeded directions
 IG_STEPS = 32
+#: seconds of the budget the sections leave for writing the page, printing the summary and exiting (at most 5%)
+TAIL_SECONDS = 2.0
 
 _SEED_OFFSETS = {"gradients": 0, "per_example": 1, "curvature": 2, "attributions": 3, "check": 4,
                  "uncertainty": 5, "influence": 6, "sensitivity": 7}
@@ -334,7 +336,7 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
     timing: dict[str, Any] = {}
     budget = float(plan.settings["time_budget_seconds"])
     clock = t0 if plan.started is None else plan.started  # the budget counts from here (loading included)
-    plan.deadline = clock + budget
+    plan.deadline = clock + budget - min(TAIL_SECONDS, 0.05 * budget)  # kept for the page, the summary, exit
     todo = [k for k in SECTIONS if k not in plan.skip and _applies(plan, k)]
     from .._tracing import captured_tf_logs
 
