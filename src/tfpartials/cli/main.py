@@ -102,19 +102,17 @@ def console() -> None:
     """The ``tfpartials`` command (and ``python -m tfpartials``): :func:`main`, then a quick exit.
 
     Once TensorFlow is loaded, the interpreter's teardown (TensorFlow's destructors and thread pools) takes 2-3 s
-    after the work is done; by then every output has been written, closed and renamed into place, so the process
-    flushes its streams and leaves without it. An error raised out of :func:`main` exits the usual way.
+    after the work is done; by then every output has been written, closed and renamed into place, so a command
+    that finished (exit 0 or 1) flushes its streams and leaves without it. An interrupted or failed command, or
+    an error raised out of :func:`main`, exits the usual way.
     """
     code = main()
-    if "tensorflow" in sys.modules:
-        import logging
-
+    if code in (EXIT_OK, EXIT_CHECK_FAILED) and "tensorflow" in sys.modules:  # finished, not interrupted
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):  # a closed pipe: nothing more to say
                 pass
-        logging.shutdown()
         os._exit(code)
     sys.exit(code)
 
