@@ -121,6 +121,13 @@ def test_timeout_restores_an_outer_timer(files, cli, tmp_path):
         signal.signal(signal.SIGALRM, old)
 
 
+def _interruptible():
+    """In the child: Ctrl-C as a terminal delivers it (a test runner's worker may ignore or block SIGINT, and a
+    child inherits both)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _wait_for_reader(fifo, proc, limit=240.0):
     """Block until a process has the FIFO open for reading (then it is mid-run, waiting for data)."""
     deadline = time.monotonic() + limit
@@ -142,7 +149,7 @@ def test_ctrl_c_in_a_real_process(files, tmp_path):
     out = tmp_path / "g.npz"
     proc = subprocess.Popen([sys.executable, "-m", "tfpartials", "gradients", str(files.lin_keras), "--data",
                              str(fifo), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_interruptible)
     fd = _wait_for_reader(fifo, proc)
     try:
         proc.send_signal(signal.SIGINT)

@@ -184,12 +184,16 @@ def test_sandbox_timeout_kills_the_child(files, cli, tmp_path):
 def test_sandbox_ctrl_c_kills_the_child(files, cli, tmp_path):
     fifo = tmp_path / "stuck.npz"
     os.mkfifo(fifo)
+    # Ctrl-C as a terminal delivers it, whatever the test runner's worker did with SIGINT
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
         code, _, err = cli("gradients", files.lin_keras, "--data", fifo, "--sandbox", "--out", tmp_path / "g.npz")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, old)
     assert code == 130 and err == "tfpartials: interrupted; no output written\n"
     assert sorted(os.listdir(tmp_path)) == ["stuck.npz", "tmp"]
 

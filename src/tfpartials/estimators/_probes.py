@@ -51,12 +51,8 @@ class HostThreads:
     def __init__(self, n: int):
         self._controller = None
         if n < HOST_BLAS_SINGLE_MAX:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-                return
-            controller = ThreadpoolController().select(user_api="blas")
-            if any(lib.num_threads > 1 for lib in controller.lib_controllers):
+            controller = _blas_controller()
+            if controller is not None and any(lib.num_threads > 1 for lib in controller.lib_controllers):
                 self._controller = controller
 
     def __call__(self) -> AbstractContextManager:
@@ -83,6 +79,20 @@ class HostThreads:
                     _HOST_LIMITER = None
 
 
+def _blas_controller():
+    """The process's BLAS thread-pool controller (scanning the loaded libraries takes ~20 ms: done once)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a declared dependency
+            _CONTROLLER = False
+        else:
+            _CONTROLLER = ThreadpoolController().select(user_api="blas")
+    return _CONTROLLER or None
+
+
+_CONTROLLER = None
 _HOST_LOCK = threading.Lock()
 _HOST_DEPTH = 0
 _HOST_LIMITER: Any = None
