@@ -11,7 +11,7 @@ instead (K is the number of iterations, NHWC layout):
 * ``Conv2DBackpropInput(sizes, W[K], dy)``: fold K into the input channels, ``W -> (kh, kw, K*ci, co)``.
 * ``Conv2DBackpropFilter(x[K], sizes, dy)``: fold K into the input's channels, ``x -> (B, H, W, K*ci)``.
 * ``Conv2DBackpropFilter(x[K], sizes, dy[K])``: im2col, ``dW[k] = patches(x[k])^T dy[k]`` as one batched matmul
-  (``tf.image.extract_patches`` gives the ``(kh, kw, ci)`` patches; SAME, VALID and explicit padding).
+  (:func:`tfpartials._im2col.patches` gives the ``(kh, kw, ci)`` patches; SAME, VALID and explicit padding).
 * ``Conv2D(x[K], W[K])``: im2col as well, ``y[k] = patches(x[k]) W[k]``.
 * ``DepthwiseConv2dNative*``: a loop-invariant operand is folded into (or broadcast over) the channels.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 
+from . import _im2col
 from ._backend import tf
 
 __all__ = ["install", "installed", "COVERED_OPS"]
@@ -88,10 +89,15 @@ def _patches(x, kh: int, kw: int, a: dict):
     if padding not in ("SAME", "VALID"):
         return None
     s, d = a["strides"], a["dilations"]
-    if kh == kw == 1 and s[1] == s[2] == 1:
-        return x  # a 1x1 convolution with stride 1 sees every pixel once (dilation does nothing)
-    return tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, s[1], s[2], 1],
-                                    rates=[1, d[1], d[2], 1], padding=padding)
+    return _im2col.patches(x, (kh, kw), (s[1], s[2]), (d[1], d[2]), padding)
+
+
+def _merge_leading(x):
+    """``(K, B, ...) -> (K*B, ...)``, keeping the static trailing shape (the patches need H, W and ci)."""
+    tail = x.shape[2:]
+    if tail.is_fully_defined():
+        return tf.reshape(x, [-1, *tail.as_list()])
+    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
 
 
 # -- Conv2D ---------------------------------------------------------------------------------------------------
@@ -114,7 +120,7 @@ def _conv2d(pfor_input):
             return None
         kh, kw = int(w.shape[1]), int(w.shape[2])
         xs = tf.shape(x)
-        p = _patches(tf.reshape(x, tf.concat([[-1], xs[2:]], 0)), kh, kw, a)
+        p = _patches(_merge_leading(x), kh, kw, a)
         if p is None:
             return None
         ps, ws = tf.shape(p), tf.shape(w)
@@ -165,7 +171,7 @@ def _conv2d_backprop_filter(pfor_input):
         return None
     kh, kw, ci, co = fsize
     xs = tf.shape(x)
-    p = _patches(tf.reshape(x, tf.concat([[-1], xs[2:]], 0)), kh, kw, a)
+    p = _patches(_merge_leading(x), kh, kw, a)
     if p is None:
         return None
     rows = tf.reshape(p, tf.stack([xs[0], -1, kh * kw * ci]))

@@ -61,3 +61,37 @@ def test_exact_signature_keys():
     assert _exact_signature((a,)) != _exact_signature((tf.zeros((3, 2)),))  # shape counts
     assert _exact_signature((a, 1.0)) is None                             # Python values: the tf.function
     assert _exact_signature((tf.Variable(a),)) is None
+
+
+def _per_example_tapes(model, x, y):
+    out = []
+    for i in range(len(x)):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x[i:i + 1], training=False) - y[i:i + 1]))
+        out.append([g.numpy() for g in tape.gradient(loss, model.trainable_variables)])
+    return [np.stack([o[j] for o in out]) for j in range(len(out[0]))]
+
+
+def test_per_example_at_the_current_weights_reads_them_in_the_graph():
+    """The per-example pass reads the weights inside its compiled graph (no eager reads per call): a graph that
+    captured values instead of variables would return the first weights' gradients after an assignment."""
+    from tfpartials.autodiff.per_example import PerExampleEngine
+    from tfpartials.autodiff.risk import as_tensors
+
+    model = _model()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 3)).astype("float32")
+    y = rng.standard_normal((6, 1)).astype("float32")
+    obj, _ = prepare(model, (x, y), "mse")
+    for step in range(3):
+        got = tp.per_example_gradients(model, (x, y), loss="mse", quiet=True)
+        want = _per_example_tapes(model, x, y)
+        for name, w in zip(obj.space.names, want):
+            np.testing.assert_allclose(got[name], w, rtol=2e-5, atol=1e-6)
+        engine = PerExampleEngine(obj)  # explicit parameters give the same as the weights read in the graph
+        xt, yt = as_tensors(x, obj.dtype), as_tensors(y, obj.dtype)
+        for a, b in zip(engine(obj.space.values(), xt, yt), engine(None, xt, yt)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+        model.get_layer("h").kernel.assign(model.get_layer("h").kernel * 1.5 + 0.1)
+        model.get_layer("bn").moving_mean.assign(model.get_layer("bn").moving_mean + 0.3)
+    assert obj.trace_counts["per_example_vectorized_current"] == 1

@@ -70,9 +70,19 @@ class PerExampleEngine:
             position = 1 if pfor_looped_layers(objective.model) >= PFOR_LOOP_THRESHOLD else 0
             impls.insert(position, Implementation(_VECTORISED, vectorised, vectorized=True))
         keys = {_LOOP: "per_example_loop", _VECTORISED: "per_example_vectorized"}
-        self._engine = Fallback("per-example gradients", impls, model=objective.model,
-                                memo=_cache.cached(objective, ("fallback-memo", "per_example"), FallbackMemo),
+        memo = _cache.cached(objective, ("fallback-memo", "per_example"), FallbackMemo)
+        self._engine = Fallback("per-example gradients", impls, model=objective.model, memo=memo,
                                 compile=lambda impl: objective.function(keys[impl.name], impl.build))
+
+        def reading(build):  # the same step with the weights read inside the graph (no eager reads per call)
+            def make():
+                step = build()
+                return lambda x, y: step(objective.space.values(), x, y)
+            return make
+
+        current = [Implementation(i.name, reading(i.build), vectorized=i.vectorized) for i in impls]
+        self._current = Fallback("per-example gradients", current, model=objective.model, memo=memo,
+                                 compile=lambda impl: objective.function(keys[impl.name] + "_current", impl.build))
 
     @property
     def mode(self) -> str:
@@ -108,6 +118,10 @@ class PerExampleEngine:
         return one
 
     def __call__(self, params, x, y) -> list:
+        """Per-example gradients at ``params`` (a list of tensors), or at the model's current weights when
+        ``params`` is None (read inside the compiled function: no eager reads per call)."""
+        if params is None:
+            return list(self._current(x, y))
         return list(self._engine(list(params), x, y))
 
 
@@ -161,7 +175,7 @@ def stream_per_example(obj: Objective, data: Data, chunk: int, *, engine: PerExa
                        quiet: bool = False, description: str = "per-example gradients"):
     """Yield ``(grads, k)``: a list of ``(chunk, *shape)`` tensors (first ``k`` rows real) per chunk."""
     engine = engine or PerExampleEngine(obj)
-    params = obj.space.values()
+    params = None if obj.strategy is None else obj.space.values()  # None: the current weights, read in-graph
     with progress(description, data.num_examples, quiet=quiet, unit="examples") as bar:
         for x, y, k in iter_chunks(data, chunk):
             grads = engine(params, as_tensors(x, obj.dtype), as_tensors(y, obj.dtype))

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _im2col
 from .._backend import keras, tf
 from .._checks import InputError
 
@@ -214,8 +215,7 @@ def _patches(x, layer):
             padding = "VALID"
         x = x[:, None]
         ksize, strides, rates = [1] + ksize, [1] + strides, [1] + rates
-    p = tf.image.extract_patches(x, sizes=[1, *ksize, 1], strides=[1, *strides, 1], rates=[1, *rates, 1],
-                                 padding=padding)
+    p = _im2col.patches(x, ksize, strides, rates, padding)
     return tf.reshape(p, (tf.shape(p)[0], -1, p.shape[-1]))
 
 
