@@ -98,19 +98,6 @@ def test_operators_without_graph_products_keep_the_host_loop(problem, graph_call
     assert not graph_calls
 
 
-def test_direct_products_are_the_operators_products(problem):
-    model, x, y, _ = problem
-    op = HessianOperator(model, (x, y), batch_size=len(x), **KW)
-    v = np.random.default_rng(0).standard_normal(op.n)
-    expected = op.matvec(v).numpy()  # also settles the kernel, as the first Lanczos product does
-    direct = G.DirectProduct.create(op, np.float64)
-    before = op.num_matvecs
-    np.testing.assert_array_equal(direct(v, None), expected)  # the same compiled product on the same inputs
-    assert op.num_matvecs == before + 1
-    np.testing.assert_allclose(expected, dense_hessian(model, x, y) @ v, rtol=1e-9, atol=1e-12)
-    assert G.DirectProduct.create(op, np.float32) is None
-
-
 def test_compiled_must_be_a_bool():
     with pytest.raises(TypeError, match="compiled: expected True or False"):
         top_eigenvalues(np.diag([3.0, 2.0, 1.0]), k=1, compiled="yes")

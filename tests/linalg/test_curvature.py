@@ -149,3 +149,32 @@ def test_errors():
     op = HessianOperator(wide, (np.ones((2, 200), "float32"), np.ones((2, 1), "float32")), "mse")
     with pytest.raises(ResourceError, match=r"dense Hessian matrix of 202,001 parameters.*spectrum"):
         op.to_dense()
+
+
+def test_one_in_memory_batch_products_skip_the_data_pass(monkeypatch):
+    """An operator on one in-memory batch computes each product as one kernel call on tensors made once; its
+    products are those of a nested-tape float64 Hessian, and equal the ones through the data pass."""
+    from tfpartials.linalg import curvature
+
+    model, x, y = M.mlp()
+    loss_fn = R.keras_mean_loss("scce", from_logits=True)
+    kw = {"loss": "sparse_categorical_crossentropy", "from_logits": True, "precision": "float64"}
+    H = HessianOperator(model, (x, y), batch_size=len(x), **kw)
+    v = np.random.default_rng(0).standard_normal(H.n)
+    want = R.nested_tape_hessian(model, x, y, loss_fn) @ v
+    np.testing.assert_allclose(H.matvec(v).numpy(), want, rtol=1e-9, atol=1e-12)  # first product: settles it
+    passes = []
+    real = curvature.accumulate
+    monkeypatch.setattr(curvature, "accumulate", lambda *a, **k: passes.append(1) or real(*a, **k))
+    fast = H.matvec(v).numpy()
+    assert not passes and H.num_matvecs == 2
+    np.testing.assert_allclose(fast, want, rtol=1e-9, atol=1e-12)
+    # a progress bar, several batches and the GGN keep (and agree with) the data pass
+    shown = HessianOperator(model, (x, y), batch_size=len(x), quiet=False, **kw)
+    np.testing.assert_array_equal(shown.matvec(v).numpy(), fast)
+    split = HessianOperator(model, (x, y), batch_size=7, **kw)
+    np.testing.assert_allclose(split.matvec(v).numpy(), fast, rtol=1e-10, atol=1e-13)
+    assert len(passes) == 2
+    G1 = GGNOperator(model, (x, y), batch_size=len(x), **kw)
+    G7 = GGNOperator(model, (x, y), batch_size=7, **kw)
+    np.testing.assert_allclose(G1.matvec(v).numpy(), G7.matvec(v).numpy(), rtol=1e-10, atol=1e-13)

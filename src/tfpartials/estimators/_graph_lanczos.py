@@ -3,8 +3,6 @@
 For an operator whose products can run inside a graph (:meth:`~tfpartials.linalg.operator.LinearOperator.
 _traceable_product`: a Hessian of one in-memory batch):
 
-* :class:`DirectProduct` (always used by the host loop): the operator's compiled one-vector product called
-  directly, without the data pass's per-call work (on a 10k-parameter MLP ~1.5 ms of a ~4.5 ms matvec).
 * :class:`GraphSteps` (``compiled=True``): the steps between two host decisions in one ``tf.while_loop``:
   product, CGS2 reorthogonalisation against the whole basis, the Ritz values of the projected matrix and the
   same residual test ``|beta s_m| <= max(tol |theta|, floor |A|)``. The loop returns to the host at the first
@@ -24,7 +22,7 @@ import numpy as np
 
 from .._backend import tf
 
-__all__ = ["GraphSteps", "DirectProduct"]
+__all__ = ["GraphSteps"]
 
 GRAPH_MAX_N = 1_000_000  # larger operators keep the host loop (their product dominates; basis copies grow)
 
@@ -134,36 +132,3 @@ class GraphSteps:
         V[:, j:j2 + 1] = B2[j:j2 + 1].T
         T[:] = T2
         return w, h, j2, used2, float(anorm2), (None if fresh2 < 0 else fresh2)
-
-
-class DirectProduct:
-    """One-vector products through the operator's traceable product, called eagerly from the host loop.
-
-    The same compiled function (the same concrete graph on the same inputs) that ``op.matvec`` reaches through
-    its data pass, without the pass's per-call bookkeeping (~1.5 ms a product on a 10k-parameter MLP, a third
-    of the product); results are identical. Counts its products on the operator like :meth:`matmat`.
-    """
-
-    def __init__(self, op, spec):
-        _, _, self._product, self._args = spec
-        self._op = op
-        self._dtype = op.dtype
-
-    @classmethod
-    def create(cls, op, dtype) -> DirectProduct | None:
-        """For an operator with graph products and float64 host arrays, else None (after a first product)."""
-        if dtype != np.float64:
-            return None
-        spec = op._traceable_product()
-        return None if spec is None else cls(op, spec)
-
-    def __call__(self, v: np.ndarray, bar) -> np.ndarray:
-        rows = self._product(*self._args, tf.constant(v[None, :], self._dtype))
-        self._op.num_matvecs += 1
-        w = np.asarray(rows.numpy()[0], np.float64)
-        if not np.all(np.isfinite(w)):
-            raise FloatingPointError(f"the operator returned NaN or Inf ({self._op!r}); check the model and data "
-                                     "(try precision='float64')")
-        if bar is not None:
-            bar.advance(1)
-        return w

@@ -22,7 +22,7 @@ import numpy as np
 from .._checks import InputError, check_choice, check_positive_float, check_positive_int, check_seed
 from .._memory import default_budget, require_fits
 from .._progress import progress
-from ._graph_lanczos import DirectProduct, GraphSteps
+from ._graph_lanczos import GraphSteps
 from ._probes import (
     HostThreads,
     apply,
@@ -130,8 +130,8 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
             in-memory batch, under 1M parameters; other operators keep the host loop): same algorithm and
             stopping rule, results equal to round-off. The first call per model traces the loop (1-2 s),
             later calls reuse it. Measured (interleaved medians): a 387-parameter MLP solves ~30% faster;
-            the 10k-parameter MLP and CNN of ``benchmarks/bench_peers.py`` no faster than the host loop, which
-            already calls such an operator's compiled product directly. For many solves on a tiny model.
+            the 10k-parameter MLP and CNN of ``benchmarks/bench_peers.py`` no faster than the host loop, where
+            such an operator's product is already one compiled call. For many solves on a tiny model.
 
     Reference: Wu & Simon, SIAM J. Matrix Anal. Appl. 22 (2000).
 
@@ -162,7 +162,7 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
     if not isinstance(compiled, bool | np.bool_):
         raise TypeError(f"compiled: expected True or False, got {compiled!r}")
     host = HostThreads(n)
-    graph = product = None
+    graph, settled = None, False
     rng = np.random.default_rng(seed)
     V = np.empty((n, m + 1), dtype=dt, order="F")  # column-major: the first j columns are contiguous
     v = rng.standard_normal(n)
@@ -173,16 +173,15 @@ def top_eigenvalues(op, k: int = 1, which: Which = "largest", tol: float = 1e-6,
     fresh: int | None = None  # matvecs since the last restart forced by an invariant subspace
     with progress(f"Lanczos (top {k})", max_matvecs, quiet=quiet, unit="matvecs") as bar:
         while True:
-            if used == 1 and product is None:  # after a first product (it settles the operator's kernel)
-                direct = DirectProduct.create(op, dt)  # the operator's compiled product without its data pass
-                product = direct if direct is not None else (lambda v, bar: apply(op, v, bar, dtype=dt))
+            if used == 1 and not settled:  # after a first product (it settles the operator's kernel)
+                settled = True
                 if compiled:
                     graph = GraphSteps.create(op, dt, m, k, which, tol, floor, 10.0 * operator_eps(op),
                                               max_matvecs)
             if graph is not None:  # the steps up to the next decision in one compiled call
                 w, h, j, used, anorm, fresh = graph.run(V, T, j, used, anorm, fresh, bar)
             else:
-                w = apply(op, V[:, j], bar, dtype=dt) if product is None else product(V[:, j], bar)
+                w = apply(op, V[:, j], bar, dtype=dt)
                 used += 1
                 fresh = None if fresh is None else fresh + 1
                 with host():

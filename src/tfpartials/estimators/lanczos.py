@@ -22,7 +22,6 @@ import numpy as np
 from .._checks import InputError, check_positive_int, check_seed
 from .._memory import default_budget, require_fits
 from .._progress import progress
-from ._graph_lanczos import DirectProduct
 from ._probes import HostThreads, apply, as_operator, host_dtype, operator_eps, require_symmetric
 
 __all__ = ["LanczosDecomposition", "lanczos", "orthogonalize", "tridiagonal", "gauss_quadrature",
@@ -151,12 +150,10 @@ def lanczos(op, num_steps: int, *, v0=None, seed: int = 0, keep_basis: bool = Tr
     Q[:, 0] = v / nv
     alpha, beta = np.zeros(num_steps), np.zeros(num_steps)
     anorm, used, m = 0.0, 0, num_steps
-    host, direct = HostThreads(n), None
+    host = HostThreads(n)
     with progress("Lanczos", num_steps, quiet=quiet or bar is not None, unit="matvecs") as own_bar:
         for j in range(num_steps):
-            if used == 1:  # after a first product (it settles the operator's kernel): its compiled product directly
-                direct = DirectProduct.create(op, dt)
-            w = apply(op, Q[:, j], bar or own_bar, dtype=dt) if direct is None else direct(Q[:, j], bar or own_bar)
+            w = apply(op, Q[:, j], bar or own_bar, dtype=dt)
             used += 1
             with host():  # the host arithmetic on one BLAS thread (small operators); products outside
                 anorm = max(anorm, float(np.linalg.norm(w)))
