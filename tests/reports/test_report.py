@@ -179,6 +179,39 @@ def test_time_budget_counts_from_started_so_loading_and_start_up_are_inside_it()
     assert fresh["provenance"]["timing"]["seconds"]["since_start"] < 30.0
 
 
+def test_curvature_runs_last_and_takes_the_time_left(monkeypatch):
+    """Sections with fixed costs (traces) run first; curvature, whose matvecs scale with its time, gets all that
+    is left (so an overrun before it comes out of its share, not past the budget); the page keeps its order."""
+    import time
+
+    from tfpartials.reports import sections as S
+    from tfpartials.reports.records import SECTIONS
+    from tfpartials.reports.run import RUN_ORDER, build_report
+
+    seen = []
+
+    fixed = {"gradients": 0.3, "per_example": 0.5, "attributions": 3.0, "influence": 1.0, "check": 2.5}
+
+    def stub(key):
+        def run(plan, sec, directory, results):
+            seen.append((key, plan.allotted, plan.deadline - time.perf_counter()))
+            # traces: fixed seconds whatever the share; curvature's matvecs: all the time it is given
+            time.sleep(plan.allotted if key == "curvature" else fixed.get(key, 0.0))
+        return run
+
+    for key in SECTIONS:
+        monkeypatch.setitem(S.RUNNERS, key, stub(key))
+    model, x, y = _deep_mlp()
+    res = build_report(model, (x, y), "mse", None, quiet=True, time_budget=12.0)
+    assert [k for k, _, _ in seen] == list(RUN_ORDER) and RUN_ORDER[-1] == "curvature"
+    _, allotted, left = seen[-1]
+    assert allotted == pytest.approx(left, abs=0.05)  # everything left before the deadline
+    # the fixed costs came out of curvature's time, not past the deadline (12 s less the 5% tail); run third,
+    # curvature would have taken its weight's share and the sections after it would have ended ~1 s late
+    assert res["provenance"]["timing"]["seconds"]["since_start"] < 12.0 - 0.6 + 0.3
+    assert list(res["sections"]) == list(SECTIONS)
+
+
 def _deep_mlp():
     import keras
 

@@ -5,9 +5,9 @@
 1. :func:`plan_report` loads and checks the model, data, loss and options, and evaluates the loss and its
    gradient on two examples. Any problem is an :class:`~tfpartials.InputError` raised *before* heavy work
    (the command line turns it into one line and exit 2; no output directory is created).
-2. :func:`run_plan` runs the sections (:data:`~tfpartials.reports.records.SECTIONS`), each a small function
-   that imports what it needs lazily. A section that fails is recorded (status ``failed`` and the reason) and
-   shown in the report; the others still run. Sections that start after the time budget is spent run at
+2. :func:`run_plan` runs the sections (:data:`~tfpartials.reports.records.SECTIONS`, curvature last: see
+   :data:`RUN_ORDER`), each a small function that imports what it needs lazily. A section that fails is
+   recorded (status ``failed`` and the reason) and shown in the report; the others still run. Sections that start after the time budget is spent run at
    their smallest size (the budget sizes the work; it never drops a section).
 
 The work of each section is sized before it starts (probe examples, matvecs, attribution steps), from the
@@ -46,6 +46,10 @@ TAIL_SECONDS = 2.0
 
 _SEED_OFFSETS = {"gradients": 0, "per_example": 1, "curvature": 2, "attributions": 3, "check": 4,
                  "uncertainty": 5, "influence": 6, "sensitivity": 7}
+#: the order the sections run in: curvature last, because its work (matvecs) scales smoothly with the time
+#: it gets, while the others have fixed costs (traces) their plans cannot shrink; so it takes what is left
+#: and absorbs their overruns. The report lists the sections in :data:`SECTIONS` order.
+RUN_ORDER: tuple[str, ...] = tuple(k for k in SECTIONS if k != "curvature") + ("curvature",)
 #: relative share of the time left that each section may plan for (the shares of sections not run carry over)
 SECTION_WEIGHTS = {"gradients": 1.0, "per_example": 1.5, "curvature": 4.0, "attributions": 1.0, "check": 2.0,
                    "uncertainty": 1.5, "influence": 1.5, "sensitivity": 0.5}
@@ -337,16 +341,17 @@ def run_plan(plan: ReportPlan, directory: str | os.PathLike | None = None) -> di
     budget = float(plan.settings["time_budget_seconds"])
     clock = t0 if plan.started is None else plan.started  # the budget counts from here (loading included)
     plan.deadline = clock + budget - min(TAIL_SECONDS, 0.05 * budget)  # kept for the page, the summary, exit
-    todo = [k for k in SECTIONS if k not in plan.skip and _applies(plan, k)]
+    todo = [k for k in RUN_ORDER if k not in plan.skip and _applies(plan, k)]
     from .._tracing import captured_tf_logs
 
     with captured_tf_logs():
-        for i, key in enumerate(SECTIONS):
-            later = sum(SECTION_WEIGHTS.get(k, 1.0) for k in todo if SECTIONS.index(k) >= i)
+        for i, key in enumerate(RUN_ORDER):
+            later = sum(SECTION_WEIGHTS.get(k, 1.0) for k in todo if RUN_ORDER.index(k) >= i)
             left = plan.deadline - time.perf_counter()
             plan.allotted = max(0.0, left) * SECTION_WEIGHTS.get(key, 1.0) / later if later else left
             plan._section_start = time.perf_counter()
             _run_section(plan, key, i, results, timing, d, say, clock, budget)
+    results["sections"] = {k: results["sections"][k] for k in SECTIONS}  # listed in the report's order
     timing["measured_costs"] = {k: round(v, 4) for k, v in plan.costs.items()}
     prov = provenance(model_file=plan.model_file, model_digest=plan.model_digest, data_file=plan.data_file,
                       data_digest=plan.data_digest, seed=plan.settings["seed"], settings=plan.settings,
