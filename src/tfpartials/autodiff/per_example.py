@@ -84,6 +84,13 @@ class PerExampleEngine:
         self._current = Fallback("per-example gradients", current, model=objective.model, memo=memo,
                                  compile=lambda impl: objective.function(keys[impl.name] + "_current", impl.build))
 
+    @classmethod
+    def of(cls, objective: Objective, *, vectorize: bool = True) -> PerExampleEngine:
+        """The engine of ``objective`` (built once and kept with it: a small model's call is ~2 ms, and
+        building the engine's implementations each time was a few percent of it)."""
+        return _cache.cached(objective, ("per-example-engine", bool(vectorize)),
+                             lambda: cls(objective, vectorize=vectorize))
+
     @property
     def mode(self) -> str:
         """``"vectorized"`` or ``"loop"``: the implementation in use."""
@@ -149,6 +156,9 @@ def _take(a, idx):
 def iter_chunks(data: Data, chunk: int) -> Iterator[tuple[Any, Any, int]]:
     """``(x, y, k)`` pieces of exactly ``chunk`` rows (the last padded by repeating rows), k of them real."""
     for batch in data.batches():
+        if batch.count == chunk == len(batch.mask):  # the whole batch is one chunk: no copy
+            yield batch.x, batch.y, chunk
+            continue
         for start in range(0, batch.count, chunk):
             stop = min(start + chunk, batch.count)
             idx = np.arange(start, start + chunk)
@@ -230,7 +240,7 @@ def per_example_gradients(model: ModelLike, data: DataLike, loss: LossLike = Non
     obj, d = prepare(model, data, loss, wrt, batch_size=batch_size, precision=precision,
                      include_regularization=include_regularization, unconnected=unconnected,
                      from_logits=from_logits, allow_nan=allow_nan)
-    engine = PerExampleEngine(obj, vectorize=vectorize)
+    engine = PerExampleEngine.of(obj, vectorize=vectorize)
     if stream:
         chunk = plan_per_example(obj, d, max_memory=max_memory)
         return _stream_dicts(obj, d, chunk, engine, quiet)

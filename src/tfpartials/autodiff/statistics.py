@@ -172,7 +172,7 @@ class _Moments:
 def statistics_of(obj: Objective, data, *, engine: PerExampleEngine | None = None,
                   max_memory: str | int | None = None, quiet: bool = False) -> GradientStatistics:
     """:func:`gradient_statistics` for a prepared objective and :class:`~tfpartials.io.data.Data`."""
-    engine = engine or PerExampleEngine(obj)
+    engine = engine or PerExampleEngine.of(obj)
     chunk = plan_per_example(obj, data, max_memory=max_memory)
     acc = _Moments(obj.space.names, obj.space.shapes)
     for grads, k in stream_per_example(obj, data, chunk, engine=engine, quiet=quiet,
@@ -235,5 +235,5 @@ def gradient_statistics(model: ModelLike, data: DataLike, loss: LossLike = None,
     obj, d = prepare(model, data, loss, wrt, batch_size=batch_size, precision=precision,
                      include_regularization=include_regularization, unconnected=unconnected,
                      from_logits=from_logits, allow_nan=allow_nan)
-    return statistics_of(obj, d, engine=PerExampleEngine(obj, vectorize=vectorize), max_memory=max_memory,
+    return statistics_of(obj, d, engine=PerExampleEngine.of(obj, vectorize=vectorize), max_memory=max_memory,
                          quiet=quiet)

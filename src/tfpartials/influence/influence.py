@@ -300,7 +300,7 @@ def influence(model, train, test, loss: Any = None, *, method: Method = "exact",
     per_test = itemsize * (3 * n + width)  # gradient, solved, working copy, projected
     fixed = n_test * N * 8 + (0 if P is None else n * projection_dim * itemsize)
     test_plan = plan_chunks(n_test, per_test, budget=budget, fixed=fixed, what="influence test batch")
-    engine = PerExampleEngine(grad_obj)
+    engine = PerExampleEngine.of(grad_obj)
     train_chunk = plan_per_example(grad_obj, train_d, max_memory=max_memory)
     test_chunk = train_chunk  # same chunk shape for both passes: the compiled gradient function is traced once
     scores = np.zeros((n_test, N), np.float64)
@@ -371,7 +371,7 @@ def self_influence(model, train, loss: Any = None, *, method: Method = "exact", 
     solver = build_solver(method, curvature, curv_obj, train_d, damping=damping, quiet=quiet,
                           options={"rank": rank, "tol": tol, "max_iterations": max_iterations,
                                    "max_memory": max_memory})
-    engine = PerExampleEngine(grad_obj)
+    engine = PerExampleEngine.of(grad_obj)
     chunk = plan_per_example(grad_obj, train_d, max_memory=max_memory)
     scores = np.zeros(N, np.float64)
     for start, G in _gradients(grad_obj, train_d, engine, chunk, quiet, "self-influence: training gradients"):
