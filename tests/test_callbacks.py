@@ -63,7 +63,7 @@ def test_gradient_monitor_fit_writes_tensorboard_and_logs(tmp_path):
     assert set(scalars) == {f"grad_{q}/{layer}" for q in ("norm", "variance", "snr") for layer in ("h1", "out")} \
         | {"grad_norm", "grad_snr"}
     assert all([s for s, _ in rows] == [3, 6] for rows in scalars.values())
-    assert mon._state[1].trace_counts == {"per_example_vectorized": 1}  # compiled once, reused every epoch
+    assert mon._state[1].trace_counts == {"per_example_vectorized_current": 1}  # compiled once, reused every epoch
     ref = _layer_stats_reference(model, *probe)  # final weights = those of the last record
     for layer, (norm, var, snr) in ref.items():
         np.testing.assert_allclose(scalars[f"grad_norm/{layer}"][-1][1], norm, rtol=1e-4)
