@@ -129,6 +129,25 @@ def test_depthwise_every_single_varying_operand(cfg, rng):
                            dilations=d), (DY,))
 
 
+@pytest.mark.parametrize("cfg", UNDILATED, ids=UNDILATED_IDS)
+@pytest.mark.parametrize("kernel,mult", [((3, 2), 2), ((3, 3), 1), ((1, 1), 1)], ids=["3x2m2", "3x3", "1x1"])
+def test_depthwise_backprop_filter_input_and_gradient_vary(cfg, kernel, mult, rng):
+    """Per-example filter gradients of a depthwise convolution: one product and sum per kernel offset, equal to
+    TensorFlow's own kernel run on every iteration, with no loop left in the graph."""
+    X = _rand(rng, K, 2, 9, 8, 3)
+    fs = [*kernel, 3, mult]
+    kw = _raw(cfg)
+    shape = tf.raw_ops.DepthwiseConv2dNative(input=X[0], filter=tf.zeros(fs, tf.float64), **kw).shape
+    DY = _rand(rng, K, *shape)
+    bpf = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter
+    fn = lambda x, dy: bpf(input=x, filter_sizes=fs, out_backprop=dy, **kw)  # noqa: E731
+    _check(fn, (X, DY))
+    f = tf.function(lambda *e: tf.vectorized_map(lambda a: fn(*a), e, fallback_to_while_loop=False))
+    converted = [op.name for op in f.get_concrete_function(X, DY).graph.get_operations()
+                 if op.type == "DepthwiseConv2dNativeBackpropFilter" and "pfor" in op.name]
+    assert not converted  # the rule's sums, not TensorFlow's one op over K*c channels
+
+
 @pytest.mark.parametrize("strides,padding,dilation", [(1, "same", 1), (2, "valid", 1), (1, "causal", 2)])
 def test_conv1d_through_keras_ops(strides, padding, dilation, rng):
     """Keras' Conv1D lowers to Conv2D; filter varying, and per-example filter gradients (both vary)."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from ._backend import tf
 
-__all__ = ["patches"]
+__all__ = ["patches", "same_pads"]
 
 
-def _same_pads(size: int, k: int, stride: int, rate: int) -> list[int]:
+def same_pads(size: int, k: int, stride: int, rate: int) -> list[int]:
     """TensorFlow's SAME padding of one spatial axis: the total split with the smaller half first."""
     eff = (k - 1) * rate + 1
     out = -(-size // stride)
@@ -40,7 +40,7 @@ def patches(x, ksize, strides, rates, padding: str):
     if kh == kw == 1:
         return x
     if padding == "SAME":
-        x = tf.pad(x, [[0, 0], _same_pads(H, kh, 1, dh), _same_pads(W, kw, 1, dw), [0, 0]])
+        x = tf.pad(x, [[0, 0], same_pads(H, kh, 1, dh), same_pads(W, kw, 1, dw), [0, 0]])
         H, W = x.shape[1], x.shape[2]
     ho, wo = H - (kh - 1) * dh, W - (kw - 1) * dw
     if ho <= 0 or wo <= 0:  # no output position: let the op produce its (empty) result
