@@ -165,6 +165,10 @@ def per_example(plan, sec: Section, directory: Path | None, results: dict) -> No
 
 
 # --------------------------------------------------------------------------------------------- curvature
+#: the share of its time left the curvature section plans products for, and the seconds it keeps for the plot
+CURVATURE_PLANNED, CURVATURE_TAIL_SECONDS = 0.9, 0.5
+
+
 def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None:
     """Top-k Hessian eigenvalues, trace overall and per layer from shared probes, and the SLQ density.
 
@@ -216,7 +220,10 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     examples = min(asked_examples, batches * bs)
     per_product = per_batch * batches
     plan.costs["hvp_product"] = per_product
-    room = int(plan.seconds_left() / per_product) if per_product > 0 else expected
+    # the measured product leaves out the estimators' own work per product (Lanczos reorthogonalisation, the
+    # per-layer sums) and the plot at the end: about 10% more on MobileNetV2, so plan on 90% less half a second
+    usable = CURVATURE_PLANNED * (plan.seconds_left() - CURVATURE_TAIL_SECONDS)
+    room = int(max(0.0, usable) / per_product) if per_product > 0 else expected
     if expected > room:  # even one batch is too dear: share the products that fit (about 3 : 2 : 1)
         # the eigenvalues first: Lanczos stops once they reach the tolerance, so products it does not need are
         # time saved, and top eigenvalues that have not converged are the least useful number on the page
@@ -236,10 +243,14 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
         eig_cap, trace_mv, dens_probes, dens_steps = new_eig, new_t, new_p, new_s
     probe = plan.subset(examples)
     op = op1 if probe.num_examples == first.num_examples else operator(probe)
-    summary = summarize_curvature(op, top_k=k, tol=EIGEN_TOL, max_matvecs=eig_cap, trace=True,
-                                  trace_method="layerwise", num_matvecs=trace_mv, trace_rel_tol=TRACE_REL_TOL,
-                                  density=True, density_probes=dens_probes, density_steps=dens_steps,
-                                  seed=plan.seed("curvature"), quiet=plan.quiet)
+    common = {"tol": EIGEN_TOL, "seed": plan.seed("curvature"), "quiet": plan.quiet}
+    if (n <= trace_mv and n <= eig_cap) or k >= n:  # the dense route: every number from n products at once
+        summary = summarize_curvature(op, top_k=k, max_matvecs=eig_cap, trace=True, trace_method="layerwise",
+                                      num_matvecs=trace_mv, trace_rel_tol=TRACE_REL_TOL, density=True,
+                                      density_probes=dens_probes, density_steps=dens_steps, **common)
+    else:
+        summary = _curvature_in_parts(plan, sec, op, k, eig_cap, trace_mv, dens_probes, dens_steps, per_product,
+                                      common)
     out = _section_results(summary, int(probe.num_examples))
     tr, eigenvalues = out["trace"], out["eigenvalues"]
     if not summary.exact and summary.trace.stopped != "tolerance":
@@ -262,6 +273,48 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
                      "Hessian trace per layer (± 2 standard errors)", "trace of the layer's Hessian block",
                      "Curvature per layer: the trace of each layer's diagonal Hessian block, all from the same "
                      "probes as the whole-model trace.")
+
+
+def _curvature_in_parts(plan, sec: Section, op, k: int, eig_cap: int, trace_mv: int, dens_probes: int,
+                        dens_steps: int, per_product: float, common: dict):
+    """Eigenvalues, then the trace, then the density, each re-planned from what the products before it really
+    cost: the estimators' own work per product is not in the one product timed up front, and this machine's
+    speed can drift within a section. The same seed and sizes give the numbers of one summarize_curvature
+    call."""
+    from dataclasses import replace
+
+    from ..estimators import summarize_curvature
+
+    def observed(t0: float, m0: int) -> float:
+        done = op.num_matvecs - m0
+        return max(per_product, (time.perf_counter() - t0) / done) if done else per_product
+
+    def room(cost: float) -> int:
+        usable = CURVATURE_PLANNED * (plan.seconds_left() - CURVATURE_TAIL_SECONDS)
+        return int(max(0.0, usable) / cost) if cost > 0 else 1 << 30
+
+    t0, m0 = time.perf_counter(), op.num_matvecs
+    eig = summarize_curvature(op, top_k=k, max_matvecs=eig_cap, exact_limit=0, **common)
+    cost = observed(t0, m0)
+    measured = f"{cost:.3g} s per product, as the eigenvalues took"
+    left = room(cost)  # the trace and the density share it about 3 : 2, as planned
+    new_t = max(8, min(trace_mv, left - min(dens_probes * dens_steps, max(8, int(0.4 * left)))))
+    if new_t < trace_mv:
+        plan.reduce(sec, "trace matvecs (at most)", trace_mv, new_t, measured)
+    t0, m0 = time.perf_counter(), op.num_matvecs
+    tr = summarize_curvature(op, top_k=0, trace=True, trace_method="layerwise", num_matvecs=new_t,
+                             trace_rel_tol=TRACE_REL_TOL, exact_limit=0, **common)
+    cost = observed(t0, m0)
+    left = max(8, room(cost))
+    new_p = max(1, min(dens_probes, left // max(8, dens_steps)))
+    new_s = max(8, min(dens_steps, left // new_p))
+    if (new_p, new_s) != (dens_probes, dens_steps):
+        plan.reduce(sec, "density probes x Lanczos steps", f"{dens_probes} x {dens_steps}", f"{new_p} x {new_s}",
+                    f"{cost:.3g} s per product, as the trace took")
+    dens = summarize_curvature(op, top_k=0, density=True, density_probes=new_p, density_steps=new_s,
+                               exact_limit=0, **common)
+    return replace(eig, trace=tr.trace, trace_method=tr.trace_method, density=dens.density,
+                   num_matvecs=eig.num_matvecs + tr.num_matvecs + dens.num_matvecs)
 
 
 def _section_results(summary, probe_examples: int) -> dict[str, Any]:
