@@ -398,3 +398,47 @@ def test_sections_plan_their_work_from_measured_cost_and_say_what_they_reduced(m
     assert [c["check"] for c in secs["check"]["results"]["checks"]] == ["gradients"]
     assert any("to fit this section's" in n for n in secs["curvature"]["notes"])
     assert not secs["gradients"]["reduced"]
+
+
+def test_curvature_parts_are_replanned_from_the_products_they_really_cost():
+    """When products turn out dearer than the one timed up front, the trace and the density get fewer, and the
+    page says how much a product took; with the same sizes the numbers are those of one summary call."""
+    import time
+    from types import SimpleNamespace
+
+    from tfpartials.estimators import summarize_curvature
+    from tfpartials.linalg.dense import DenseOperator
+    from tfpartials.reports.records import Section
+    from tfpartials.reports.sections import _curvature_in_parts
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 40))
+    A = a @ a.T / 40
+
+    class Slow(DenseOperator):
+        def _matmat(self, V):
+            time.sleep(0.01 * int(V.shape[1]))  # 10 ms a product, where 1 ms was measured up front
+            return super()._matmat(V)
+
+    op = Slow(A, symmetric=True)
+    end = time.perf_counter() + 0.9
+    plan = SimpleNamespace(seconds_left=lambda: end - time.perf_counter(), reduced=[])
+    plan.reduce = lambda sec, what, asked, used, measured="": sec.reduced.append(
+        {"what": what, "asked": asked, "used": used, "measured": measured})
+    sec = Section("curvature")
+    common = {"tol": 1e-3, "seed": 5, "quiet": True}
+    got = _curvature_in_parts(plan, sec, op, 2, 20, 60, 4, 30, 0.001, common)
+    cut = {r["what"]: r for r in sec.reduced}
+    assert cut["trace matvecs (at most)"]["used"] < 60
+    assert "as the eigenvalues took" in cut["trace matvecs (at most)"]["measured"]
+    assert "density probes x Lanczos steps" in cut
+    np.testing.assert_allclose(got.eigen.eigenvalues, np.sort(np.linalg.eigvalsh(A))[::-1][:2], rtol=1e-3)
+    used_t = got.trace.num_matvecs
+    p, s = (int(v) for v in cut["density probes x Lanczos steps"]["used"].split(" x "))
+    one = summarize_curvature(DenseOperator(A, symmetric=True), top_k=2, max_matvecs=20, trace=True,
+                              trace_method="layerwise", num_matvecs=cut["trace matvecs (at most)"]["used"],
+                              trace_rel_tol=0.05, density=True, density_probes=p, density_steps=s, exact_limit=0,
+                              **common)
+    assert one.trace.num_matvecs == used_t
+    np.testing.assert_allclose(got.trace.value, one.trace.value, rtol=1e-12)
+    np.testing.assert_allclose(got.density.values, one.density.values, rtol=1e-10, atol=1e-12)
