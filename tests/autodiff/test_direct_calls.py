@@ -83,7 +83,7 @@ def test_per_example_at_the_current_weights_reads_them_in_the_graph():
     x = rng.standard_normal((6, 3)).astype("float32")
     y = rng.standard_normal((6, 1)).astype("float32")
     obj, _ = prepare(model, (x, y), "mse")
-    for step in range(3):
+    for _ in range(3):
         got = tp.per_example_gradients(model, (x, y), loss="mse", quiet=True)
         want = _per_example_tapes(model, x, y)
         for name, w in zip(obj.space.names, want):
