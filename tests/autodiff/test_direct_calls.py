@@ -22,20 +22,27 @@ def _tape_gradient(model, x, y):
     return {v.path.split("/", 1)[1]: g.numpy() for v, g in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables))}
 
 
-def test_repeated_calls_reuse_one_graph_and_see_new_weights():
+def _changing_weights(n: int, seed: int, steps: int = 3):
+    """``(model, x, y, obj)`` once per step; between steps the trainable and the non-trainable state both change,
+    so a graph holding stale values fails the step after."""
     model = _model()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, 3)).astype("float32")
-    y = rng.standard_normal((8, 1)).astype("float32")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3)).astype("float32")
+    y = rng.standard_normal((n, 1)).astype("float32")
     obj, _ = prepare(model, (x, y), "mse")
-    for step in range(3):
+    for step in range(steps):
+        yield model, x, y, obj
+        model.get_layer("h").kernel.assign(model.get_layer("h").kernel * 1.5 + 0.1)
+        model.get_layer("bn").moving_variance.assign(model.get_layer("bn").moving_variance + 0.5 * (step + 1))
+        model.get_layer("bn").moving_mean.assign(model.get_layer("bn").moving_mean + 0.3)
+
+
+def test_repeated_calls_reuse_one_graph_and_see_new_weights():
+    for model, x, y, obj in _changing_weights(8, seed=0):  # noqa: B007 - obj is read after the loop
         got = tp.gradients(model, (x, y), loss="mse", quiet=True)
         want = _tape_gradient(model, x, y)
         for name, g in want.items():
             np.testing.assert_allclose(got[name], g, rtol=2e-5, atol=1e-7)
-        # trainable and non-trainable state both change: a graph holding stale values would fail here
-        model.get_layer("h").kernel.assign(model.get_layer("h").kernel * 1.5 + 0.1)
-        model.get_layer("bn").moving_variance.assign(model.get_layer("bn").moving_variance + 0.5 * (step + 1))
     assert obj.trace_counts["gradient"] == 1
     fn = obj.function("gradient", None)
     assert len(fn.concrete) == 1  # one exact signature remembered and called directly
@@ -78,12 +85,7 @@ def test_per_example_at_the_current_weights_reads_them_in_the_graph():
     from tfpartials.autodiff.per_example import PerExampleEngine
     from tfpartials.autodiff.risk import as_tensors
 
-    model = _model()
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((6, 3)).astype("float32")
-    y = rng.standard_normal((6, 1)).astype("float32")
-    obj, _ = prepare(model, (x, y), "mse")
-    for _ in range(3):
+    for model, x, y, obj in _changing_weights(6, seed=2):
         got = tp.per_example_gradients(model, (x, y), loss="mse", quiet=True)
         want = _per_example_tapes(model, x, y)
         for name, w in zip(obj.space.names, want):
@@ -92,6 +94,4 @@ def test_per_example_at_the_current_weights_reads_them_in_the_graph():
         xt, yt = as_tensors(x, obj.dtype), as_tensors(y, obj.dtype)
         for a, b in zip(engine(obj.space.values(), xt, yt), engine(None, xt, yt)):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
-        model.get_layer("h").kernel.assign(model.get_layer("h").kernel * 1.5 + 0.1)
-        model.get_layer("bn").moving_mean.assign(model.get_layer("bn").moving_mean + 0.3)
     assert obj.trace_counts["per_example_vectorized_current"] == 1
