@@ -184,7 +184,7 @@ def plan_per_example(obj: Objective, data: Data, *, max_memory=None, keep_all: b
 def stream_per_example(obj: Objective, data: Data, chunk: int, *, engine: PerExampleEngine | None = None,
                        quiet: bool = False, description: str = "per-example gradients"):
     """Yield ``(grads, k)``: a list of ``(chunk, *shape)`` tensors (first ``k`` rows real) per chunk."""
-    engine = engine or PerExampleEngine(obj)
+    engine = engine or PerExampleEngine.of(obj)
     params = None if obj.strategy is None else obj.space.values()  # None: the current weights, read in-graph
     with progress(description, data.num_examples, quiet=quiet, unit="examples") as bar:
         for x, y, k in iter_chunks(data, chunk):
