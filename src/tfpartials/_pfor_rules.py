@@ -77,16 +77,24 @@ def _static_ints(t, n: int) -> list[int] | None:
     return [int(v) for v in value]
 
 
+def _explicit_pads(a: dict) -> list[list[int]] | None:
+    """``[[top, bottom], [left, right]]`` of EXPLICIT padding, or None when it pads the batch or channels."""
+    p = a["explicit_paddings"]
+    if len(p) != 8 or any(p[:2]) or any(p[6:]):
+        return None
+    return [[p[2], p[3]], [p[4], p[5]]]
+
+
 def _patches(x, kh: int, kw: int, a: dict):
     """``(N, H', W', kh*kw*ci)`` patches of ``x`` (N, H, W, ci) as a convolution with attributes ``a`` sees them."""
     padding = a["padding"]
     if a["strides"][0] != 1 or a["strides"][3] != 1 or a["dilations"][0] != 1 or a["dilations"][3] != 1:
         return None
     if padding == "EXPLICIT":
-        p = a["explicit_paddings"]
-        if len(p) != 8 or any(p[:2]) or any(p[6:]):
+        pads = _explicit_pads(a)
+        if pads is None:
             return None
-        x = tf.pad(x, [[0, 0], [p[2], p[3]], [p[4], p[5]], [0, 0]])
+        x = tf.pad(x, [[0, 0], *pads, [0, 0]])
         padding = "VALID"
     if padding not in ("SAME", "VALID"):
         return None
@@ -253,12 +261,11 @@ def _depthwise_filter_both_vary(x, sizes, dy, a):
         pads = [_im2col.same_pads(H, kh, s[1], d[1]), _im2col.same_pads(W, kw, s[2], d[2])]
     elif a["padding"] == "VALID":
         pads = [[0, 0], [0, 0]]
-    elif a["padding"] == "EXPLICIT" and len(a["explicit_paddings"]) == 8:
-        p = a["explicit_paddings"]
-        if any(p[:2]) or any(p[6:]):
-            return None
-        pads = [[p[2], p[3]], [p[4], p[5]]]
+    elif a["padding"] == "EXPLICIT":
+        pads = _explicit_pads(a)
     else:
+        return None
+    if pads is None:
         return None
     xp = tf.pad(x, [[0, 0], [0, 0], pads[0], pads[1], [0, 0]]) if any(map(any, pads)) else x
     g = tf.reshape(dy, tf.concat([tf.shape(dy)[:2], [ho, wo, c, m]], 0))

@@ -106,6 +106,12 @@ class CurvatureSummary:
         return out
 
 
+def dense_route(n: int, top_k: int, max_matvecs: int | None, exact_limit: int) -> bool:
+    """Whether :func:`summarize_curvature` takes the dense matrix for every quantity: ``n <= exact_limit`` and no
+    eigenvalue budget below ``n``, or more eigenvalues asked than a Krylov solver can give."""
+    return (n <= exact_limit and (max_matvecs is None or n <= max_matvecs)) or top_k >= n
+
+
 def summarize_curvature(op, *, top_k: int = 3, which: str = "largest", tol: float = 1e-6,
                         max_matvecs: int | None = None, trace: bool = False, trace_method: TraceMethod = "hutchpp",
                         num_matvecs: int = 99, trace_rel_tol: float = 0.05, diagonal: bool = False,
@@ -178,7 +184,7 @@ def summarize_curvature(op, *, top_k: int = 3, which: str = "largest", tol: floa
     if top_k or density:
         require_symmetric(op, "summarize_curvature")
     n, start = op.n, op.num_matvecs
-    exact = (n <= exact_limit and (max_matvecs is None or n <= max_matvecs)) or top_k >= n
+    exact = dense_route(n, top_k, max_matvecs, exact_limit)
     method = "dense" if exact else trace_method
     parts: dict[str, Any] = {}
     if exact:

@@ -7,8 +7,9 @@
    (the command line turns it into one line and exit 2; no output directory is created).
 2. :func:`run_plan` runs the sections (:data:`~tfpartials.reports.records.SECTIONS`, curvature last: see
    :data:`RUN_ORDER`), each a small function that imports what it needs lazily. A section that fails is
-   recorded (status ``failed`` and the reason) and shown in the report; the others still run. Sections that start after the time budget is spent run at
-   their smallest size (the budget sizes the work; it never drops a section).
+   recorded (status ``failed`` and the reason) and shown in the report; the others still run. Sections that
+   start after the time budget is spent run at their smallest size (the budget sizes the work; it never drops
+   a section).
 
 The work of each section is sized before it starts (probe examples, matvecs, attribution steps), from the
 measured cost of one product and its share of the time budget; every cut is recorded in the section's

@@ -169,6 +169,14 @@ def per_example(plan, sec: Section, directory: Path | None, results: dict) -> No
 CURVATURE_PLANNED, CURVATURE_TAIL_SECONDS = 0.9, 0.5
 
 
+def _product_room(plan, cost: float) -> int:
+    """Products of ``cost`` seconds the curvature section can still plan. A product timed alone leaves out the
+    estimators' own work per product (Lanczos reorthogonalisation, the per-layer sums) and the plot at the
+    end, about 10% more on MobileNetV2: so 90% of the time left, less half a second."""
+    usable = CURVATURE_PLANNED * (plan.seconds_left() - CURVATURE_TAIL_SECONDS)
+    return int(max(0.0, usable) / cost) if cost > 0 else 1 << 30
+
+
 def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None:
     """Top-k Hessian eigenvalues, trace overall and per layer from shared probes, and the SLQ density.
 
@@ -177,6 +185,7 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     """
     from .._backend import tf
     from ..estimators import summarize_curvature
+    from ..estimators.summary import dense_route
     from ..linalg.curvature import ColumnLoopOperator, HessianOperator
 
     s = plan.settings
@@ -220,10 +229,7 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     examples = min(asked_examples, batches * bs)
     per_product = per_batch * batches
     plan.costs["hvp_product"] = per_product
-    # the measured product leaves out the estimators' own work per product (Lanczos reorthogonalisation, the
-    # per-layer sums) and the plot at the end: about 10% more on MobileNetV2, so plan on 90% less half a second
-    usable = CURVATURE_PLANNED * (plan.seconds_left() - CURVATURE_TAIL_SECONDS)
-    room = int(max(0.0, usable) / per_product) if per_product > 0 else expected
+    room = _product_room(plan, per_product) if per_product > 0 else expected
     if expected > room:  # even one batch is too dear: share the products that fit (about 3 : 2 : 1)
         # the eigenvalues first: Lanczos stops once they reach the tolerance, so products it does not need are
         # time saved, and top eigenvalues that have not converged are the least useful number on the page
@@ -244,7 +250,7 @@ def curvature(plan, sec: Section, directory: Path | None, results: dict) -> None
     probe = plan.subset(examples)
     op = op1 if probe.num_examples == first.num_examples else operator(probe)
     common = {"tol": EIGEN_TOL, "seed": plan.seed("curvature"), "quiet": plan.quiet}
-    if (n <= trace_mv and n <= eig_cap) or k >= n:  # the dense route: every number from n products at once
+    if dense_route(n, k, eig_cap, trace_mv):  # every number from the dense matrix, n products at once
         summary = summarize_curvature(op, top_k=k, max_matvecs=eig_cap, trace=True, trace_method="layerwise",
                                       num_matvecs=trace_mv, trace_rel_tol=TRACE_REL_TOL, density=True,
                                       density_probes=dens_probes, density_steps=dens_steps, **common)
@@ -289,15 +295,11 @@ def _curvature_in_parts(plan, sec: Section, op, k: int, eig_cap: int, trace_mv: 
         done = op.num_matvecs - m0
         return max(per_product, (time.perf_counter() - t0) / done) if done else per_product
 
-    def room(cost: float) -> int:
-        usable = CURVATURE_PLANNED * (plan.seconds_left() - CURVATURE_TAIL_SECONDS)
-        return int(max(0.0, usable) / cost) if cost > 0 else 1 << 30
-
     t0, m0 = time.perf_counter(), op.num_matvecs
     eig = summarize_curvature(op, top_k=k, max_matvecs=eig_cap, exact_limit=0, **common)
     cost = observed(t0, m0)
     measured = f"{cost:.3g} s per product, as the eigenvalues took"
-    left = room(cost)  # the trace and the density share it about 3 : 2, as planned
+    left = _product_room(plan, cost)  # the trace and the density share it about 3 : 2, as planned
     new_t = max(8, min(trace_mv, left - min(dens_probes * dens_steps, max(8, int(0.4 * left)))))
     if new_t < trace_mv:
         plan.reduce(sec, "trace matvecs (at most)", trace_mv, new_t, measured)
@@ -305,7 +307,7 @@ def _curvature_in_parts(plan, sec: Section, op, k: int, eig_cap: int, trace_mv: 
     tr = summarize_curvature(op, top_k=0, trace=True, trace_method="layerwise", num_matvecs=new_t,
                              trace_rel_tol=TRACE_REL_TOL, exact_limit=0, **common)
     cost = observed(t0, m0)
-    left = max(8, room(cost))
+    left = max(8, _product_room(plan, cost))
     new_p = max(1, min(dens_probes, left // max(8, dens_steps)))
     new_s = max(8, min(dens_steps, left // new_p))
     if (new_p, new_s) != (dens_probes, dens_steps):
