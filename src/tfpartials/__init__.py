@@ -61,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "KFACBlock": ".linalg.kfac",
     # per-example gradients and their statistics
     "per_example_gradients": ".autodiff.per_example",
+    "PerExampleGradients": ".autodiff.per_example",
     "gradient_statistics": ".autodiff.statistics",
     "GradientStatistics": ".autodiff.statistics",
     "statistics_from_gradients": ".autodiff.statistics",

@@ -268,3 +268,82 @@ def test_cli_per_example_bad_input_exits_2(cli_files, tmp_path, capsys):
     assert "needs targets" in capsys.readouterr().err
     assert _main(["gradients", d / "m.keras", "--data", d / "d.npz", "--per-example", "--wrt", "nope"]) == 2
     assert "no trainable variable matches 'nope'" in capsys.readouterr().err
+
+
+# -- PerExampleGradients: the tensor-returning form for training loops ----------------------------------------
+def _flat_tensors(pe: dict) -> np.ndarray:
+    return _flat({k: np.asarray(v) for k, v in pe.items()})
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn"])
+def test_function_equals_single_example_tapes_and_follows_the_weights(case):
+    import tensorflow as tf
+
+    from tfpartials.autodiff.per_example import PerExampleGradients
+
+    builder, (loss, from_logits, loss_fn) = CASES[case]
+    model, x, y = builder()
+    pe = PerExampleGradients(model, loss, from_logits=from_logits)
+    rng = np.random.default_rng(3)
+    for step in range(2):  # a training loop: the weights change between calls, the function is not rebuilt
+        g = pe(x, y)
+        assert list(g) == pe.names and all(isinstance(v, tf.Tensor) for v in g.values())
+        np.testing.assert_allclose(_flat_tensors(g), R.per_example_gradients_loop(model, x, y, loss_fn),
+                                   rtol=2e-4, atol=2e-5)
+        for v in model.trainable_variables:
+            v.assign(v + 0.1 * rng.normal(size=v.shape).astype("float32"))
+
+
+def test_function_inside_tf_function_equals_eager_and_float64_tapes():
+    import tensorflow as tf
+
+    from tfpartials.autodiff.per_example import PerExampleGradients
+
+    model, x, y = M.small_cnn()
+    loss, from_logits, loss_fn = SCCE
+    ref = R.per_example_gradients_loop(model, x, y, loss_fn)
+    pe64 = PerExampleGradients(R.float64_clone(model), loss, from_logits=from_logits)
+    np.testing.assert_allclose(_flat_tensors(pe64(x, y)), ref, rtol=1e-9, atol=1e-11)
+
+    pe = PerExampleGradients(model, loss, from_logits=from_logits)
+
+    @tf.function
+    def clipped_mean(xb, yb):  # per-example clipping, the DP-SGD step's core
+        g = pe(xb, yb)
+        flat = tf.concat([tf.reshape(v, (tf.shape(v)[0], -1)) for v in g.values()], axis=1)
+        norms = tf.norm(flat, axis=1)
+        return flat, tf.reduce_mean(flat / tf.maximum(1.0, norms / 0.5)[:, None], axis=0)
+
+    flat, mean = clipped_mean(tf.constant(x), tf.constant(y))
+    np.testing.assert_allclose(flat.numpy(), ref, rtol=2e-4, atol=2e-5)
+    scale = np.maximum(1.0, np.linalg.norm(ref, axis=1) / 0.5)
+    np.testing.assert_allclose(mean.numpy(), (ref / scale[:, None]).mean(0), rtol=2e-4, atol=2e-5)
+    pe_copy = PerExampleGradients(model, loss, from_logits=from_logits, precision="float64")
+    with pytest.raises(Exception, match="PerExampleGradients.precision=.... needs eager calls"):  # autograph wraps it
+        tf.function(lambda a, b: pe_copy(a, b))(tf.constant(x), tf.constant(y))
+
+
+def test_function_bad_input_and_budget():
+    import tensorflow as tf
+
+    from tfpartials.autodiff.per_example import PerExampleGradients
+
+    model, x, y = M.small_cnn()
+    loss, from_logits, _ = SCCE
+    pe = PerExampleGradients(model, loss, from_logits=from_logits)
+    with pytest.raises(InputError, match="shape"):
+        pe(x[:, :-1], y)
+    with pytest.raises(InputError, match="NaN|Inf|finite"):
+        pe(np.where(np.arange(x.size).reshape(x.shape) == 0, np.nan, x).astype(x.dtype), y)
+    with pytest.raises(InputError, match="one batch"):
+        pe(tf.data.Dataset.from_tensor_slices((x, y)), None)
+    with pytest.raises(InputError, match="B >= 1"):
+        pe(x[:0], y[:0])
+    with pytest.raises(InputError):
+        PerExampleGradients(model, "no_such_loss")
+    with pytest.raises(InputError):
+        PerExampleGradients(model, loss, wrt=["no_such_layer/*"])
+    small = PerExampleGradients(model, loss, from_logits=from_logits, max_memory=model.count_params() * 4 * 4 * 2)
+    assert all(v.shape[0] == 2 for v in small(x[:2], y[:2]).values())
+    with pytest.raises(ResourceError, match="smaller batches"):
+        small(x[:3], y[:3])

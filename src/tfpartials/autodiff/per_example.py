@@ -29,10 +29,10 @@ from .._tracing import PFOR_LOOP_THRESHOLD, pfor_looped_layers
 from .._types import DataLike, LossLike, ModelLike, WrtLike
 from ..io.data import Data
 from .objective import Objective
-from .problem import prepare
+from .problem import objective_for, prepare
 from .risk import as_tensors
 
-__all__ = ["per_example_gradients", "PerExampleEngine", "iter_chunks", "plan_per_example", "stream_per_example"]
+__all__ = ["per_example_gradients", "PerExampleGradients", "PerExampleEngine", "iter_chunks", "plan_per_example", "stream_per_example"]
 
 _BYTES_FACTOR = 4  # working bytes per example = parameters * itemsize * this factor
 
@@ -256,6 +256,109 @@ def per_example_gradients(model: ModelLike, data: DataLike, loss: LossLike = Non
     if start != n:  # pragma: no cover - a dataset that changed length while being read
         raise InputError(f"the data yielded {start} examples, expected {n}")
     return out
+
+
+class PerExampleGradients:
+    """Per-example gradients as a function of one batch, returning tensors: built once, called every step.
+
+    ``pe = PerExampleGradients(model, loss)`` then ``pe(x, y)`` gives ``{name: tf.Tensor (B, *shape)}``, the
+    gradient of ``loss(y_i, f(x_i)) + R`` for each of the B examples, at the model's weights *at the time of the
+    call* (read inside the compiled function, so a training loop that updates the weights needs no rebuild).
+    This is the form a custom training loop wants (per-example clipping, DP-SGD, gradient-noise statistics):
+    the results stay TensorFlow tensors, with no copy to the host, and ``pe`` can be called inside a
+    ``tf.function``. :func:`per_example_gradients` is the same computation for a whole dataset, split into
+    chunks under the memory budget and returned as numpy arrays.
+
+    Each eager call validates ``(x, y)`` like every other entry point (shapes against the model, labels against
+    the loss, no NaN/Inf), and refuses a batch whose gradients and working memory (about ``4 * n * itemsize``
+    bytes per example, n the parameters) exceed the budget. Inside a ``tf.function`` only the shapes are
+    checked, when it is traced.
+
+    Args:
+        model: a built Keras model (not modified).
+        loss, wrt, include_regularization, from_logits, unconnected, vectorize, max_memory, allow_nan: as for
+            :func:`per_example_gradients`.
+        precision: ``"float64"`` computes on a float64 copy of the model, re-synchronised at each (eager) call.
+
+    Attributes:
+        names: the parameter names, in model order (the keys of every result).
+
+    Example:
+        >>> import numpy as np, keras, tfpartials as tp
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="lin", use_bias=False)])
+        >>> _ = model.get_layer("lin").kernel.assign(np.zeros((2, 1), "float32"))
+        >>> pe = tp.PerExampleGradients(model, loss="mse")
+        >>> x = np.array([[1.0, 2.0], [3.0, 4.0]], "float32"); y = np.ones((2, 1), "float32")
+        >>> g = pe(x, y)["lin/kernel"]          # a tf.Tensor (2, 2, 1): 2 (w.x - y) x per example
+        >>> g[:, :, 0].numpy()
+        array([[-2., -4.],
+               [-6., -8.]], dtype=float32)
+        >>> _ = model.get_layer("lin").kernel.assign(np.ones((2, 1), "float32"))
+        >>> pe(x, y)["lin/kernel"][:, :, 0].numpy()   # the weights of the moment: 2 (w.x - y) x
+        array([[ 4.,  8.],
+               [36., 48.]], dtype=float32)
+    """
+
+    def __init__(self, model: ModelLike, loss: LossLike = None, wrt: WrtLike = None, *,
+                 precision: str | None = None, max_memory: str | int | None = None,
+                 include_regularization: bool = True, vectorize: bool = True, unconnected: str = "error",
+                 from_logits: bool | None = None, allow_nan: bool = False):
+        self._model = model
+        self._settings = dict(precision=precision, include_regularization=include_regularization,
+                              unconnected=unconnected, from_logits=from_logits)
+        self._loss, self._wrt = loss, wrt
+        self._vectorize = bool(vectorize)
+        self._max_memory = max_memory
+        if max_memory is not None:
+            resolve_budget(max_memory)  # a malformed budget fails here, not at the first step
+        self._allow_nan = allow_nan
+        obj = self._objective()  # a bad loss, wrt or model fails here
+        self._on_copy = obj.model is not model  # precision: a copy of the model, synchronised at eager calls
+        self.names: list[str] = list(obj.space.names)
+
+    def _objective(self) -> Objective:
+        return objective_for(self._model, self._loss, self._wrt, **self._settings)
+
+    @tf.autograph.experimental.do_not_convert  # plain Python: errors inside a tf.function keep their type
+    def __call__(self, x, y) -> dict[str, Any]:
+        """``{name: tf.Tensor (B, *shape)}``: the gradient of each of the B examples of ``(x, y)``."""
+        if isinstance(x, tf.data.Dataset) or isinstance(y, tf.data.Dataset):
+            raise InputError("PerExampleGradients takes one batch (x, y) of arrays or tensors; for a dataset "
+                             "use per_example_gradients(model, data, ...)")
+        if any(tf.is_symbolic_tensor(t) for t in tf.nest.flatten((x, y))):
+            return self._in_graph(x, y)
+        count = _leading_size(x)
+        obj, d = prepare(self._model, (x, y), self._loss, self._wrt, batch_size=count,
+                         allow_nan=self._allow_nan, **self._settings)
+        per = obj.space.size * obj.dtype.size * _BYTES_FACTOR
+        require_fits(d.num_examples * per, resolve_budget(self._max_memory),
+                     f"per-example gradients of a batch of {d.num_examples} ({obj.space.size} parameters each)",
+                     "call it on smaller batches, or raise max_memory")
+        batch = next(iter(d.batches()))
+        grads = PerExampleEngine.of(obj, vectorize=self._vectorize)(
+            None, as_tensors(batch.x, obj.dtype), as_tensors(batch.y, obj.dtype))
+        return dict(zip(obj.space.names, grads))
+
+    def _in_graph(self, x, y) -> dict[str, Any]:
+        if self._on_copy:
+            raise InputError("PerExampleGradients(precision=...) needs eager calls (its copy of the model is "
+                             "re-synchronised from the model's weights at each call); call it outside "
+                             "tf.function, or without precision")
+        obj = self._objective()
+        grads = PerExampleEngine.of(obj, vectorize=self._vectorize)(None, as_tensors(x, obj.dtype),
+                                                                       as_tensors(y, obj.dtype))
+        return dict(zip(obj.space.names, grads))
+
+
+def _leading_size(x) -> int:
+    """Examples in a batch (the leading dimension of its first input)."""
+    leaves = tf.nest.flatten(x)
+    if not leaves:
+        raise InputError("x: no inputs")
+    shape = np.shape(leaves[0])
+    if not shape or shape[0] == 0:
+        raise InputError(f"x: expected a batch (B, ...) with B >= 1, got shape {tuple(shape)}")
+    return int(shape[0])
 
 
 def _stream_dicts(obj, d, chunk, engine, quiet):
