@@ -255,10 +255,10 @@ optimizer = keras.optimizers.SGD(0.01)
 
 
 @tf.function
-def clipped_step(xb, yb, clip=np.float64(1.0)):
+def clipped_step(xb, yb):
     per_example = pe(xb, yb)  # {name: (16, *shape)} tensors
     flat = tf.concat([tf.reshape(g, (16, -1)) for g in per_example.values()], axis=1)
-    scale = tf.minimum(tf.constant(1.0, flat.dtype), clip / tf.norm(flat, axis=1))  # each norm <= clip
+    scale = tf.minimum(tf.constant(1.0, flat.dtype), 1.0 / tf.norm(flat, axis=1))  # each norm <= 1 after
     optimizer.apply([tf.reduce_mean(g * tf.reshape(scale, (-1,) + (1,) * (g.shape.rank - 1)), axis=0)
                      for g in per_example.values()], model.trainable_variables)
     return tf.norm(flat, axis=1)

@@ -285,7 +285,7 @@ def test_function_equals_single_example_tapes_and_follows_the_weights(case):
     model, x, y = builder()
     pe = PerExampleGradients(model, loss, from_logits=from_logits)
     rng = np.random.default_rng(3)
-    for step in range(2):  # a training loop: the weights change between calls, the function is not rebuilt
+    for _ in range(2):  # a training loop: the weights change between calls, the function is not rebuilt
         g = pe(x, y)
         assert list(g) == pe.names and all(isinstance(v, tf.Tensor) for v in g.values())
         np.testing.assert_allclose(_flat_tensors(g), R.per_example_gradients_loop(model, x, y, loss_fn),
