@@ -182,6 +182,13 @@ def test_two_inputs_and_tf_data():
     streamed = per_example_gradients(model, ds, loss="mse", batch_size=4, precision="float64")
     for k in pe:
         np.testing.assert_allclose(streamed[k], pe[k], rtol=1e-12)
+    from tfpartials.autodiff.per_example import PerExampleGradients
+
+    as_function = PerExampleGradients(model, "mse", precision="float64")([xa, xb], y)  # one batch of two inputs
+    named = PerExampleGradients(model, "mse", precision="float64")({"a": xa, "b": xb}, y)  # inputs by name
+    for k in pe:
+        np.testing.assert_allclose(as_function[k].numpy(), pe[k], rtol=1e-12)
+        np.testing.assert_allclose(named[k].numpy(), pe[k], rtol=1e-12)
 
 
 class _WithUnused(keras.layers.Layer):
@@ -275,7 +282,7 @@ def _flat_tensors(pe: dict) -> np.ndarray:
     return _flat({k: np.asarray(v) for k, v in pe.items()})
 
 
-@pytest.mark.parametrize("case", ["mlp", "cnn"])
+@pytest.mark.parametrize("case", ["mlp", "cnn", "embedding"])
 def test_function_equals_single_example_tapes_and_follows_the_weights(case):
     import tensorflow as tf
 
