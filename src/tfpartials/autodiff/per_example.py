@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import _cache, _pfor_rules
 from .._backend import tf
-from .._checks import InputError
+from .._checks import InputError, ResourceError
 from .._fallback import Fallback, FallbackMemo, Implementation
 from .._memory import plan_chunks, require_fits, resolve_budget
 from .._progress import progress
@@ -330,10 +330,11 @@ class PerExampleGradients:
         count = _leading_size(x)
         obj, d = prepare(self._model, (x, y), self._loss, self._wrt, batch_size=count,
                          allow_nan=self._allow_nan, **self._settings)
-        per = obj.space.size * obj.dtype.size * _BYTES_FACTOR
-        require_fits(d.num_examples * per, resolve_budget(self._max_memory),
-                     f"per-example gradients of a batch of {d.num_examples} ({obj.space.size} parameters each)",
-                     "call it on smaller batches, or raise max_memory")
+        room = plan_per_example(obj, d, max_memory=self._max_memory)  # examples that fit at once
+        if room < d.num_examples:
+            raise ResourceError(f"per-example gradients of a batch of {d.num_examples} ({obj.space.size} "
+                                f"parameters each) do not fit the memory budget ({room} would); call it on "
+                                "smaller batches, or raise max_memory")
         batch = next(iter(d.batches()))
         grads = PerExampleEngine.of(obj, vectorize=self._vectorize)(
             None, as_tensors(batch.x, obj.dtype), as_tensors(batch.y, obj.dtype))
