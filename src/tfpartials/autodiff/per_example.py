@@ -271,8 +271,9 @@ class PerExampleGradients:
 
     Each eager call validates ``(x, y)`` like every other entry point (shapes against the model, labels against
     the loss, no NaN/Inf), and refuses a batch whose gradients and working memory (about ``4 * n * itemsize``
-    bytes per example, n the parameters) exceed the budget. Inside a ``tf.function`` only the shapes are
-    checked, when it is traced.
+    bytes per example, n the parameters) exceed the budget. Inside a ``tf.function`` the inputs are not checked
+    by tfpartials: a shape that does not fit the model fails with TensorFlow's error when the function is
+    traced, and values are not scanned for NaN.
 
     Args:
         model: a built Keras model (not modified).
@@ -319,7 +320,7 @@ class PerExampleGradients:
     def _objective(self) -> Objective:
         return objective_for(self._model, self._loss, self._wrt, **self._settings)
 
-    @tf.autograph.experimental.do_not_convert  # plain Python: errors inside a tf.function keep their type
+    @tf.autograph.experimental.do_not_convert  # plain Python, run as is when a tf.function is traced
     def __call__(self, x, y) -> dict[str, Any]:
         """``{name: tf.Tensor (B, *shape)}``: the gradient of each of the B examples of ``(x, y)``."""
         if isinstance(x, tf.data.Dataset) or isinstance(y, tf.data.Dataset):
